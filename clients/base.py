@@ -1,0 +1,200 @@
+"""Local training and evaluation of one user's model, as a Flower ``NumPyClient``.
+
+The NumPyClient contract is kept exactly (``get_parameters``/``fit``/``evaluate`` on lists of
+numpy arrays), so the class is reusable with any Flower driver. fedmm drives it from
+Message-API handlers (:mod:`fedmm.client_app`), which also persist :meth:`private_state` in
+``context.state`` between rounds.
+
+Hooks for the method clients (GFMFR, FedSLLM):
+
+* :meth:`receive` — method-specific payload from the server message (arrays by name);
+* :meth:`training_positives` — which of the user's training positives to train on this round;
+* :meth:`extra_loss` — a term added to the per-batch loss;
+* :meth:`upload_extras` — method-specific arrays to send back besides the shared parameters.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr.client import NumPyClient
+
+from fedmm.config import RunConfig
+from fedmm.data.sampling import eval_negatives, sample_negatives
+from fedmm.data.split import UserData
+from fedmm.metrics import leave_one_out_metrics
+from fedmm.models.base import FedRecModel
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """What local training/evaluation needs from the run config."""
+
+    local_epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+    num_negatives: int
+    device: str
+    seed: int
+    ldp_delta: float
+    topk: tuple[int, ...]
+    protocols: tuple[str, ...]
+    num_eval_negatives: int
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> "LocalSettings":
+        return cls(cfg.local_epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.num_negatives,
+                   cfg.device, cfg.seed, cfg.ldp_delta, cfg.topk, cfg.protocols(), cfg.num_eval_negatives)
+
+
+_warned_cuda = False
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``cuda`` when asked for and visible, else ``cpu`` (warning once if cuda was asked for)."""
+    global _warned_cuda
+    if requested == "cuda":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if not _warned_cuda:
+            warnings.warn("device='cuda' was requested but no GPU is visible; training on CPU",
+                          RuntimeWarning, stacklevel=2)
+            _warned_cuda = True
+    return torch.device("cpu")
+
+
+class FedRecClient(NumPyClient):
+    """One user's client: BCE with sampled negatives, Adam, ``local-epochs`` passes per round.
+
+    Parameters
+    ----------
+    model : FedRecModel
+        This user's model (private parts already restored if any).
+    data : UserData
+        This user's own interactions.
+    settings : LocalSettings
+    """
+
+    def __init__(self, model: FedRecModel, data: UserData, settings: LocalSettings) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.model = model.to(self.device)
+        self.data = data
+        self._shared_keys = model.shared_keys()
+        self._private_keys = model.private_keys()
+
+    # ----- parameters -----------------------------------------------------------------------
+    @property
+    def shared_keys(self) -> list[str]:
+        return self._shared_keys
+
+    def get_parameters(self, config: dict) -> list[np.ndarray]:
+        state = self.model.state_dict()
+        return [state[k].detach().cpu().numpy().copy() for k in self._shared_keys]
+
+    def set_parameters(self, parameters: list[np.ndarray]) -> None:
+        if len(parameters) != len(self._shared_keys):
+            raise ValueError(f"expected {len(self._shared_keys)} shared arrays {self._shared_keys}, "
+                             f"got {len(parameters)}; server and client disagree on the backbone")
+        state = self.model.state_dict()
+        for k, arr in zip(self._shared_keys, parameters):
+            if tuple(arr.shape) != tuple(state[k].shape):
+                raise ValueError(f"shared array '{k}' has shape {tuple(arr.shape)}, model expects "
+                                 f"{tuple(state[k].shape)}; check dataset/embedding-dim match the server")
+            state[k].copy_(torch.as_tensor(arr))
+
+    def private_state(self) -> dict[str, np.ndarray]:
+        """Private parameters to persist on the client between rounds."""
+        state = self.model.state_dict()
+        return {k: state[k].detach().cpu().numpy().copy() for k in self._private_keys}
+
+    def load_private_state(self, arrays: dict[str, np.ndarray]) -> None:
+        state = self.model.state_dict()
+        for k in self._private_keys:
+            if k in arrays:
+                state[k].copy_(torch.as_tensor(arrays[k]))
+
+    # ----- hooks ----------------------------------------------------------------------------
+    def receive(self, payload: dict[str, np.ndarray], config: dict) -> None:
+        """Method-specific payload from the server (base: nothing expected)."""
+
+    def training_positives(self, config: dict) -> np.ndarray:
+        """Positives to train on this round (base: all training positives)."""
+        return self.data.train
+
+    def extra_loss(self, items: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
+                   config: dict) -> torch.Tensor | None:
+        """Term added to the batch loss (base: none)."""
+        return None
+
+    def upload_extras(self) -> dict[str, np.ndarray]:
+        """Arrays sent back besides the shared parameters: ``item-counts`` (how many training
+        samples touched each item) when the server asked for item-wise aggregation."""
+        counts = getattr(self, "_item_counts", None)
+        return {} if counts is None else {"item-counts": counts}
+
+    # ----- training -------------------------------------------------------------------------
+    def _rng(self, server_round: int) -> np.random.Generator:
+        return np.random.default_rng([self.settings.seed, server_round, self.data.user])
+
+    def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
+        self.set_parameters(parameters)
+        server_round = int(config.get("server-round", 0))
+        self.model.set_round(server_round)
+        rng = self._rng(server_round)
+        torch.manual_seed(int(rng.integers(2**31)))
+        positives = np.asarray(self.training_positives(config), dtype=np.int64)
+        s = self.settings
+        opt = torch.optim.Adam(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        self.model.train()
+        n_pos = positives.size
+        total, batches = 0.0, 0
+        counts = np.zeros(self.data.num_items, dtype=np.int64)
+        for _ in range(s.local_epochs):
+            negs = sample_negatives(self.data.num_items, self.data.train, n_pos * s.num_negatives, rng)
+            items = np.concatenate([positives, negs])
+            labels = np.concatenate([np.ones(n_pos, np.float32), np.zeros(negs.size, np.float32)])
+            counts += np.bincount(items, minlength=self.data.num_items)
+            perm = rng.permutation(items.size)
+            items_t = torch.as_tensor(items[perm], device=self.device)
+            labels_t = torch.as_tensor(labels[perm], device=self.device)
+            for start in range(0, items.size, s.batch_size):
+                bi, bl = items_t[start:start + s.batch_size], labels_t[start:start + s.batch_size]
+                logits = self.model(bi)
+                loss = F.binary_cross_entropy_with_logits(logits, bl) + self.model.regularization(bi)
+                extra = self.extra_loss(bi, bl, logits, config)
+                if extra is not None:
+                    loss = loss + extra
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach())
+                batches += 1
+        self._item_counts = counts if config.get("aggregation") == "itemwise" else None
+        params = self.get_parameters({})
+        if s.ldp_delta > 0:
+            from fedmm.privacy import laplace_noise
+
+            params = laplace_noise(params, s.ldp_delta, rng)
+        num_examples = int(n_pos * (1 + s.num_negatives))
+        return params, num_examples, {"train-loss": total / max(batches, 1), "num-positives": int(n_pos)}
+
+    # ----- evaluation -----------------------------------------------------------------------
+    def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
+        self.set_parameters(parameters)
+        self.model.eval()
+        s, d = self.settings, self.data
+        with torch.no_grad():
+            scores = self.model.full_scores().float().cpu().numpy()
+        negs = eval_negatives(d.user, d.num_items, d.interacted, s.num_eval_negatives, s.seed)
+        metrics = leave_one_out_metrics(scores, d.train, d.valid, d.test, negs, s.topk, s.protocols)
+        # BCE of the two held-out positives against the sampled negatives, for monitoring.
+        items = np.concatenate([[d.valid, d.test], negs])
+        labels = np.concatenate([[1.0, 1.0], np.zeros(negs.size)])
+        logits = torch.as_tensor(scores[items], dtype=torch.float64)
+        loss = float(F.binary_cross_entropy_with_logits(logits, torch.as_tensor(labels)))
+        return loss, 1, metrics

@@ -1,0 +1,66 @@
+"""Flower ClientApp (Message API): wraps the NumPyClient subclasses of ``clients/``.
+
+Each handler builds this node's client (its user = ``node_config["partition-id"]``), restores
+the private parameters from ``context.state``, calls the NumPyClient's ``fit``/``evaluate``,
+saves the private parameters back, and packs the reply as the strategy's message contract
+says (``"arrays"`` + ``"metrics"`` with ``num-examples`` [+ ``"extras"``]).
+"""
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmm.config import RunConfig
+from fedmm.factory import build_client
+
+app = ClientApp()
+
+#: Key of this user's private parameters in ``context.state`` (they never leave the client).
+PRIVATE_STATE = "fedmm.private"
+
+
+def _setup(msg: Message, context: Context):
+    cfg = RunConfig.from_mapping(context.run_config)
+    if "partition-id" not in context.node_config:
+        raise KeyError("node_config has no 'partition-id'; start SuperNodes with "
+                       "--node-config \"partition-id=<user> num-partitions=<users>\"")
+    client = build_client(cfg, int(context.node_config["partition-id"]))
+    if PRIVATE_STATE in context.state.array_records:
+        client.load_private_state({k: v.numpy() for k, v in context.state[PRIVATE_STATE].items()})
+    arrays = msg.content["arrays"]
+    names = list(arrays.keys())
+    if names != client.shared_keys:
+        raise ValueError(f"server sent arrays {names}, the '{cfg.backbone}' client shares "
+                         f"{client.shared_keys}; server and clients must use the same backbone")
+    params = [arrays[k].numpy() for k in names]
+    config = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
+    payload = {name: {k: v.numpy() for k, v in rec.items()}
+               for name, rec in msg.content.array_records.items() if name != "arrays"}
+    client.receive(payload, config)
+    return client, names, params, config
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    client, names, params, config = _setup(msg, context)
+    new_params, num_examples, metrics = client.fit(params, config)
+    context.state[PRIVATE_STATE] = ArrayRecord(
+        {k: np.ascontiguousarray(v) for k, v in client.private_state().items()})
+    content = RecordDict({
+        "arrays": ArrayRecord({k: np.ascontiguousarray(v) for k, v in zip(names, new_params)}),
+        "metrics": MetricRecord({**metrics, "num-examples": int(num_examples),
+                                 "user": int(client.data.user)}),
+    })
+    extras = client.upload_extras()
+    if extras:
+        content["extras"] = ArrayRecord({k: np.ascontiguousarray(v) for k, v in extras.items()})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    client, _, params, config = _setup(msg, context)
+    loss, num_examples, metrics = client.evaluate(params, config)
+    return Message(content=RecordDict({"metrics": MetricRecord(
+        {**metrics, "eval-loss": float(loss), "num-examples": int(num_examples)})}), reply_to=msg)

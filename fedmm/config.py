@@ -1,0 +1,206 @@
+"""Typed run configuration, read once at the app entry points.
+
+Every key is declared, with its one default, in ``pyproject.toml`` under
+``[tool.flwr.app.config]``. Flower hands the merged run config to the ServerApp and ClientApp
+as ``context.run_config``; :meth:`RunConfig.from_mapping` turns it into a frozen dataclass
+with explicit casts and checks, which is what the rest of the code receives.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A run-config key is missing, unknown, or has a bad value."""
+
+
+BACKBONE_CHOICES = ("fedmf", "fedncf", "pfedrec", "fedrap", "fedpergnn")
+METHOD_CHOICES = ("base",)
+AGGREGATION_CHOICES = ("fedavg", "itemwise")
+PROTOCOL_CHOICES = ("both", "full", "sampled")
+DEVICE_CHOICES = ("cpu", "cuda")
+
+
+def _key(field_name: str) -> str:
+    return field_name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """All run-config keys, typed. Field ``foo_bar`` is the TOML key ``foo-bar``.
+
+    See ``pyproject.toml`` ``[tool.flwr.app.config]`` for defaults and one-line docs.
+    """
+
+    # data
+    dataset: str
+    rating_threshold: float
+    min_interactions: int
+    cache_dir: str
+    # model
+    backbone: str
+    embedding_dim: int
+    method: str
+    # federation
+    num_server_rounds: int
+    fraction_train: float
+    aggregation: str
+    # local training
+    local_epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+    num_negatives: int
+    device: str
+    ldp_delta: float
+    # evaluation
+    eval_every: int
+    eval_protocol: str
+    num_eval_negatives: int
+    topk: tuple[int, ...]
+    select_metric: str
+    # run
+    seed: int
+    out_dir: str
+
+    # ------------------------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> "RunConfig":
+        """Build from a run-config mapping (hyphenated keys). Unknown keys are ignored here
+        (other components may declare their own); missing ones raise :class:`ConfigError`."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = _key(f.name)
+            if key not in cfg:
+                raise ConfigError(
+                    f"run-config key '{key}' is missing; declare it in pyproject.toml "
+                    f"[tool.flwr.app.config] or pass it with --run-config \"{key}=...\"")
+            raw = cfg[key]
+            try:
+                if f.name == "topk":
+                    values[f.name] = tuple(sorted({int(x) for x in str(raw).split(",") if x.strip()}))
+                elif f.type in ("int",):
+                    if isinstance(raw, float) and not raw.is_integer():
+                        raise ValueError(raw)
+                    values[f.name] = int(raw)
+                elif f.type in ("float",):
+                    values[f.name] = float(raw)
+                else:
+                    values[f.name] = str(raw)
+            except (TypeError, ValueError):
+                raise ConfigError(f"run-config key '{key}' = {raw!r} is not a valid {f.type}") from None
+        out = cls(**values)
+        out.check()
+        return out
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` naming the key when a value is out of range."""
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"run-config key '{key}' = {getattr(self, key.replace('-', '_'))!r}: {why}")
+
+        for key, choices in (("backbone", BACKBONE_CHOICES), ("method", METHOD_CHOICES),
+                             ("aggregation", AGGREGATION_CHOICES),
+                             ("eval-protocol", PROTOCOL_CHOICES), ("device", DEVICE_CHOICES)):
+            if getattr(self, key.replace("-", "_")) not in choices:
+                raise bad(key, f"choose one of {list(choices)}")
+        positive = ("embedding-dim", "num-server-rounds", "local-epochs", "batch-size", "eval-every",
+                    "num-eval-negatives")
+        for key in positive:
+            if getattr(self, key.replace("-", "_")) <= 0:
+                raise bad(key, "must be > 0")
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise bad("fraction-train", "must be in (0, 1]")
+        if self.lr <= 0:
+            raise bad("lr", "must be > 0")
+        if self.num_negatives < 1:
+            raise bad("num-negatives", "must be >= 1")
+        if self.weight_decay < 0 or self.ldp_delta < 0:
+            raise bad("weight-decay" if self.weight_decay < 0 else "ldp-delta", "must be >= 0")
+        if self.min_interactions < 3:
+            raise bad("min-interactions", "must be >= 3 (leave-one-out needs train, valid and test)")
+        if not self.topk or min(self.topk) < 1:
+            raise bad("topk", "give comma-separated positive integers, e.g. \"5,10,20,50\"")
+        if self.select_metric not in self.metric_names(split="valid"):
+            raise bad("select-metric", f"must be one of the validation metrics this protocol "
+                                       f"produces: {self.metric_names(split='valid')}")
+
+    # ------------------------------------------------------------------------------------
+    def protocols(self) -> tuple[str, ...]:
+        """Evaluation protocols that run: ``("full", "sampled")`` or one of them."""
+        return ("full", "sampled") if self.eval_protocol == "both" else (self.eval_protocol,)
+
+    def metric_names(self, split: str) -> list[str]:
+        """Names of the metrics reported for ``split`` (``"valid"`` or ``"test"``), e.g.
+        ``"test_full_hr@10"``, ``"valid_sampled_ndcg@50"``."""
+        return [f"{split}_{p}_{m}@{k}" for p in self.protocols() for m in ("hr", "ndcg") for k in self.topk]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Hyphenated-key dict (what was resolved), JSON-serialisable."""
+        return {_key(k): (",".join(map(str, v)) if k == "topk" else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+
+def load_app_config(pyproject: str | Path) -> dict[str, Any]:
+    """Return the ``[tool.flwr.app.config]`` table of a ``pyproject.toml`` (the defaults)."""
+    path = Path(pyproject)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; run from the fedmm app directory or pass its path")
+    with path.open("rb") as fh:
+        data = tomllib.load(fh)
+    try:
+        return dict(data["tool"]["flwr"]["app"]["config"])
+    except KeyError:
+        raise ConfigError(f"{path}: has no [tool.flwr.app.config] table") from None
+
+
+def merge_overrides(defaults: Mapping[str, Any], overrides: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Apply ``overrides`` to ``defaults``; a key that is not declared is an error naming ``source``."""
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{source}: unknown run-config key(s) {unknown}; known keys are "
+                          f"{sorted(defaults)}")
+    out = dict(defaults)
+    out.update(overrides)
+    return out
+
+
+def parse_kv_overrides(text: str) -> dict[str, Any]:
+    """Parse ``"key=value key2=value2"`` the way ``flwr run --run-config`` does (TOML values)."""
+    out: dict[str, Any] = {}
+    for token in _split_tokens(text):
+        if "=" not in token:
+            raise ConfigError(f"--run-config: '{token}' is not key=value")
+        key, value = token.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value  # bare string, as flwr accepts
+    return out
+
+
+def _split_tokens(text: str) -> list[str]:
+    import shlex
+
+    return shlex.split(text)
+
+
+def load_toml_overrides(path: str | Path) -> dict[str, Any]:
+    """Read a ``conf/<name>.toml`` override file: a flat table of run-config keys."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {p}: file not found")
+    try:
+        with p.open("rb") as fh:
+            return dict(tomllib.load(fh))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {p}: not valid TOML ({exc})") from None

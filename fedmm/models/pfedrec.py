@@ -1,0 +1,60 @@
+"""PFedRec: Zhang et al., "Dual Personalization on Federated Recommendation", IJCAI 2023.
+
+There is no user embedding: the user is represented by a personalised score function
+``score_fn`` (``Linear(dim, 1)``) that never leaves the client, applied to the item embedding,
+``logit = score_fn(v_i)``. The item table ``item_emb`` is the only shared part and is
+aggregated by the server.
+
+The two personalisations of the paper map onto this model as follows:
+
+* personalised score function: ``score_fn`` is private (a state-dict key outside
+  :meth:`shared_keys`), so each client keeps its own across rounds;
+* personalised item embeddings: each round the client starts from the global item table and
+  fine-tunes it during local training (the paper's item-embedding update happens naturally
+  there, before the upload), so no extra parameter is needed.
+
+Evaluation uses the global item table received at the last round participated in (then
+fine-tuned locally, as training left it) together with the private score function, as in the
+authors' code.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedmm.models.base import FedRecModel
+
+
+class PFedRec(FedRecModel):
+    """PFedRec for one user.
+
+    Parameters
+    ----------
+    num_items : int
+        Catalogue size ``N``.
+    dim : int, default 32
+        Embedding dimension ``d``.
+
+    Attributes
+    ----------
+    item_emb : torch.nn.Embedding
+        Shared item table, ``(num_items, dim)``.
+    score_fn : torch.nn.Linear
+        Private personalised score function ``(dim -> 1)``, PyTorch's default initialisation.
+    """
+
+    shared_prefixes = ("item_emb.",)
+    scorer_prefixes = ("score_fn.",)
+
+    def __init__(self, num_items: int, dim: int = 32) -> None:
+        super().__init__(num_items, dim)
+        self.score_fn = nn.Linear(self.dim, 1)
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """Item rows ``v_i``: int64 ``(batch,)`` -> float ``(batch, dim)``."""
+        return self.item_emb(items)
+
+    def score_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Logits ``score_fn(v)``: float ``(batch, dim)`` -> float ``(batch,)``."""
+        self._check_vectors(vectors)
+        return self.score_fn(vectors).squeeze(-1)

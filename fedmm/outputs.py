@@ -1,0 +1,109 @@
+"""Run directories: resolved config, per-round JSON lines, final metrics. Nothing is overwritten."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+
+class OutputError(FileExistsError):
+    """The run directory exists already: results are never overwritten."""
+
+
+def new_run_dir(out_dir: str | Path, run_name: str = "", tag: str = "run") -> Path:
+    """Create and return a fresh run directory under ``out_dir``.
+
+    ``run_name`` given: ``out_dir/run_name`` must not exist yet. Empty: a unique
+    ``<YYYYmmdd-HHMMSS>-<tag>[-N]`` is chosen.
+    """
+    root = Path(out_dir).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    if run_name:
+        path = root / run_name
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise OutputError(f"run directory {path} exists already; results are never overwritten: "
+                              f"pick another --out or run-name") from None
+        return path
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        path = root / (f"{stamp}-{tag}" + (f"-{i}" if i else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise OutputError(f"could not create a fresh run directory under {root}")
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+class RunRecorder:
+    """Writes ``config.json``, ``rounds.jsonl`` (one line per round, flushed as it happens)
+    and ``final.json`` into one run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        _atomic_json(self.run_dir / "config.json", config)
+
+    def log_round(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "rounds.jsonl", "a") as fh:
+            fh.write(json.dumps(record, sort_keys=True, default=float) + "\n")
+
+    def write_final(self, final: dict[str, Any]) -> None:
+        _atomic_json(self.run_dir / "final.json", final)
+
+
+def split_metrics(metrics: dict[str, float], split: str) -> dict[str, float]:
+    """``{"test_full_hr@10": x}`` -> ``{"full_hr@10": x}`` for ``split="test"``."""
+    prefix = f"{split}_"
+    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def summarize(history: list[dict[str, Any]], best: dict[str, Any] | None, select_metric: str,
+              wall_seconds: float) -> dict[str, Any]:
+    """The content of ``final.json`` (see README, "Outputs")."""
+    if best is None:
+        raise RuntimeError("no evaluation round happened; nothing to report")
+    evals = [r for r in history if "eval-users" in r]
+    last = evals[-1]
+    secs = [r["train-seconds"] for r in history if "train-seconds" in r]
+    return {
+        "status": "ok",
+        "select_metric": select_metric,
+        "best_round": best["round"],
+        "test": split_metrics(best, "test"),
+        "valid": split_metrics(best, "valid"),
+        "last_round": last["round"],
+        "last_test": split_metrics(last, "test"),
+        "last_valid": split_metrics(last, "valid"),
+        "eval_users": int(last["eval-users"]),
+        "rounds": len(history),
+        "wall_seconds": wall_seconds,
+        "median_train_round_seconds": statistics.median(secs) if secs else None,
+        "median_eval_seconds": statistics.median([r["eval-seconds"] for r in evals]),
+    }
+
+
+def format_table(final: dict[str, Any]) -> str:
+    """A small text table of the test metrics at the selected round."""
+    test = final["test"]
+    protocols = sorted({k.split("_")[0] for k in test})
+    ks = sorted({int(k.split("@")[1]) for k in test})
+    lines = [f"best round {final['best_round']} (by {final['select_metric']}), "
+             f"{final['eval_users']} users, test metrics:",
+             f"{'protocol':<10}" + "".join(f"{f'HR@{k}':>9}{f'NDCG@{k}':>10}" for k in ks)]
+    for p in protocols:
+        lines.append(f"{p:<10}" + "".join(f"{test[f'{p}_hr@{k}']:>9.4f}{test[f'{p}_ndcg@{k}']:>10.4f}"
+                                          for k in ks))
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""Flower ServerApp (Message API): reads the run config once, runs the strategy, writes outputs."""
+from __future__ import annotations
+
+import json
+import time
+from logging import INFO
+
+import numpy as np
+from flwr.app import ArrayRecord, Context
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from fedmm.config import RunConfig
+from fedmm.factory import data_for, model_for
+from fedmm.outputs import RunRecorder, format_table, new_run_dir, summarize
+from strategies.factory import build_strategy
+
+app = ServerApp()
+
+
+def _wait_for_nodes(grid: Grid, expected: int, timeout: float = 300.0) -> None:
+    t = time.time()
+    while (n := len(list(grid.get_node_ids()))) < expected:
+        if time.time() - t > timeout:
+            raise RuntimeError(f"only {n} of {expected} SuperNodes connected after {timeout:.0f}s; "
+                               f"the dataset has {expected} users and every user is one node")
+        time.sleep(0.5)
+    if n > expected:
+        raise RuntimeError(f"{n} SuperNodes connected but the dataset has {expected} users; set "
+                           f"num-supernodes={expected} (one node per user)")
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = RunConfig.from_mapping(context.run_config)
+    data = data_for(cfg)
+    run_name = str(context.run_config.get("run-name", ""))
+    run_dir = new_run_dir(cfg.out_dir, run_name, tag=f"{data.name}-{cfg.backbone}-{cfg.method}-s{cfg.seed}")
+    recorder = RunRecorder(run_dir)
+    recorder.write_config({**cfg.to_dict(), "run-name": run_name, "run-dir": str(run_dir),
+                           "num-users": data.num_users, "num-items": data.num_items,
+                           "num-train": data.num_train})
+    log(INFO, "fedmm: %s, %d users, %d items, %d training interactions -> %s",
+        data.name, data.num_users, data.num_items, data.num_train, run_dir)
+    _wait_for_nodes(grid, data.num_users)
+
+    def on_round(rec: dict) -> None:
+        recorder.log_round(rec)
+        msg = (f"round {rec['round']:>4}/{cfg.num_server_rounds}: {rec['clients']} clients, "
+               f"loss {rec.get('train-loss', float('nan')):.4f}, {rec['seconds']:.2f}s")
+        if "eval-users" in rec:
+            msg += f" | {cfg.select_metric} {rec[cfg.select_metric]:.4f}"
+        print(msg, flush=True)
+
+    model = model_for(cfg, data.num_items)
+    state = model.state_dict()
+    initial = {k: state[k].detach().cpu().numpy() for k in model.shared_keys()}
+    strategy = build_strategy(cfg, data, on_round=on_round, run_dir=run_dir, model=model)
+    t = time.time()
+    strategy.start(grid=grid, initial_arrays=ArrayRecord({k: np.ascontiguousarray(v) for k, v in initial.items()}),
+                   num_rounds=cfg.num_server_rounds)
+    final = summarize(strategy.history, strategy.best, cfg.select_metric, time.time() - t)
+    final.update({"dataset": data.name, "backbone": cfg.backbone, "method": cfg.method, "seed": cfg.seed})
+    recorder.write_final(final)
+    print(format_table(final), flush=True)
+    print(f"fedmm: results in {run_dir}", flush=True)
+    log(INFO, "fedmm final: %s", json.dumps(final["test"]))

@@ -1,0 +1,230 @@
+"""The base federated-recommendation strategy (Flower Message API, ``flwr.serverapp.strategy``).
+
+``FedRecStrategy`` is a thin subclass of Flower's ``FedAvg``: the round loop is Flower's
+``Strategy.start``. It changes four hooks:
+
+* ``configure_train`` — samples ``fraction-train`` of the nodes with its own seeded RNG and
+  builds one message per node, so subclasses can add per-node payloads
+  (:meth:`train_payload`);
+* ``aggregate_train`` — checks replies, aggregates the shared arrays (FedAvg weighted by
+  ``num-examples``, or item-wise), then runs :meth:`server_update` (server-side work between
+  rounds: GFMFR clustering/fusion, FedSLLM prototypes/alignment), timing it;
+* ``configure_evaluate`` — every ``eval-every`` rounds and at the last round, ALL nodes;
+* ``aggregate_evaluate`` — per-user metrics averaged over users; keeps the best round by the
+  validation metric ``select-metric``.
+
+Message contract (what another Flower project's ClientApp must do):
+
+* train message: ``"arrays"`` (ArrayRecord of the shared parameters by name), ``"config"``
+  (ConfigRecord with ``server-round`` and ``aggregation``), plus subclass payload records;
+* train reply: ``"arrays"`` (same keys and shapes), ``"metrics"`` (MetricRecord with
+  ``num-examples`` and ``train-loss``), and for ``aggregation="itemwise"`` an ArrayRecord
+  ``"extras"`` holding ``item-counts`` ``(num_items,)``;
+* evaluate message: ``"arrays"``, ``"config"``; evaluate reply: ``"metrics"`` with the
+  per-user metrics named ``{valid|test}_{full|sampled}_{hr|ndcg}@K``.
+"""
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from strategies.aggregation import (ReplyError, better, check_reply_arrays, itemwise_average,
+                                    mean_metrics, weighted_average)
+
+ITEM_TABLE_KEY = "item_emb.weight"
+ARRAYS, CONFIG, METRICS, EXTRAS = "arrays", "config", "metrics", "extras"
+
+
+def record_bytes(content: RecordDict) -> int:
+    """Bytes of all records of a message content, as Flower counts them."""
+    return int(sum(rec.count_bytes() for rec in content.values()))
+
+
+def arrays_to_dict(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def dict_to_arrays(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+
+
+class FedRecStrategy(FedAvg):
+    """Federated recommendation strategy with per-node payloads and server-side hooks.
+
+    Parameters
+    ----------
+    num_rounds : int
+        Rounds the run will last (to evaluate at the last one).
+    fraction_train : float, default 0.1
+        Fraction of nodes sampled per training round (at least one).
+    eval_every : int, default 10
+        Evaluate all nodes every this many rounds (and at the last round).
+    select_metric : str, default "valid_sampled_ndcg@10"
+        Validation metric that picks the best round.
+    aggregation : {"fedavg", "itemwise"}, default "fedavg"
+    seed : int, default 0
+        Seeds client sampling.
+    on_round : callable, optional
+        Called with each round's record (a JSON-serialisable dict) as soon as it is complete.
+    min_available_nodes : int, default 1
+        Wait for this many nodes before sampling.
+    """
+
+    def __init__(self, *, num_rounds: int, fraction_train: float = 0.1, eval_every: int = 10,
+                 select_metric: str = "valid_sampled_ndcg@10", aggregation: str = "fedavg",
+                 seed: int = 0, on_round: Callable[[dict[str, Any]], None] | None = None,
+                 min_available_nodes: int = 1) -> None:
+        super().__init__(fraction_train=fraction_train, fraction_evaluate=1.0, min_train_nodes=1,
+                         min_evaluate_nodes=1, min_available_nodes=min_available_nodes)
+        if aggregation not in ("fedavg", "itemwise"):
+            raise ValueError(f"aggregation must be 'fedavg' or 'itemwise', got {aggregation!r}")
+        self.num_rounds = num_rounds
+        self.eval_every = eval_every
+        self.select_metric = select_metric
+        self.aggregation = aggregation
+        self.on_round = on_round
+        self._rng = random.Random(seed)
+        self._global: dict[str, np.ndarray] | None = None
+        self._round: dict[str, Any] = {}
+        self._t0 = 0.0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+
+    # ----- hooks for subclasses ---------------------------------------------------------------
+    def train_payload(self, server_round: int, node_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """Extra records per node for the train messages (base: none)."""
+        return {}
+
+    def server_update(self, server_round: int, replies: list[Message],
+                      arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Server-side work after aggregation; returns the (possibly changed) global arrays."""
+        return arrays
+
+    def round_info(self) -> dict[str, Any]:
+        """Extra fields for this round's record (base: none)."""
+        return {}
+
+    # ----- sampling ---------------------------------------------------------------------------
+    def _nodes(self, grid: Grid) -> list[int]:
+        while len(nodes := sorted(grid.get_node_ids())) < self.min_available_nodes:
+            log(INFO, "Waiting for nodes: %d of %d connected", len(nodes), self.min_available_nodes)
+            time.sleep(1)
+        return nodes
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> fedmm: fraction-train %.3f, eval-every %d, aggregation %s, select %s",
+            self.fraction_train, self.eval_every, self.aggregation, self.select_metric)
+
+    # ----- train ------------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._t0 = time.perf_counter()
+        self._round = {"round": server_round}
+        self._global = arrays_to_dict(arrays)
+        nodes = self._nodes(grid)
+        k = max(1, int(len(nodes) * self.fraction_train))
+        sampled = sorted(self._rng.sample(nodes, k))
+        cfg = ConfigRecord({**dict(config), "server-round": server_round, "aggregation": self.aggregation})
+        payload = self.train_payload(server_round, sampled)
+        messages, down = [], 0
+        for nid in sampled:
+            content = RecordDict({ARRAYS: arrays, CONFIG: cfg, **payload.get(nid, {})})
+            down += record_bytes(content)
+            messages.append(Message(content=content, dst_node_id=nid, message_type=MessageType.TRAIN))
+        self._round.update({"clients": len(sampled), "bytes-down-per-client": down / max(len(sampled), 1)})
+        return messages
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        ok = [m for m in replies if not m.has_error()]
+        for m in replies:
+            if m.has_error():
+                log(WARNING, "train reply from node %d failed: %s", m.metadata.src_node_id, m.error.reason)
+        if not ok:
+            raise RuntimeError(f"round {server_round}: all {len(replies)} train replies failed; "
+                               f"see the client errors above")
+        assert self._global is not None
+        states = []
+        for m in ok:
+            if ARRAYS not in m.content.array_records or METRICS not in m.content.metric_records:
+                raise ReplyError(f"reply from node {m.metadata.src_node_id}: needs records "
+                                 f"'{ARRAYS}' and '{METRICS}', got {list(m.content.keys())}")
+            states.append(arrays_to_dict(m.content[ARRAYS]))
+        check_reply_arrays(states, self._global, [m.metadata.src_node_id for m in ok])
+        metrics = [dict(m.content[METRICS]) for m in ok]
+        for src, mm in zip((m.metadata.src_node_id for m in ok), metrics):
+            if not isinstance(mm.get("num-examples"), (int, float)):
+                raise ReplyError(f"reply from node {src}: MetricRecord lacks a scalar 'num-examples'")
+        weights = [float(mm["num-examples"]) for mm in metrics]
+        new = weighted_average(states, weights)
+        if self.aggregation == "itemwise":
+            counts = []
+            for m in ok:
+                extras = m.content.array_records.get(EXTRAS)
+                if extras is None or "item-counts" not in extras:
+                    raise ReplyError(f"reply from node {m.metadata.src_node_id}: aggregation "
+                                     f"'itemwise' needs ArrayRecord '{EXTRAS}' with 'item-counts'")
+                counts.append(extras["item-counts"].numpy())
+            new[ITEM_TABLE_KEY] = itemwise_average([s[ITEM_TABLE_KEY] for s in states], counts,
+                                                   self._global[ITEM_TABLE_KEY])
+        t = time.perf_counter()
+        new = self.server_update(server_round, ok, new)
+        server_s = time.perf_counter() - t
+        agg = mean_metrics(metrics, weights, skip=("num-examples", "user"))
+        self._round.update({"train-loss": agg.get("train-loss", float("nan")),
+                            "failures": len(replies) - len(ok),
+                            "bytes-up-per-client": sum(record_bytes(m.content) for m in ok) / len(ok),
+                            "server-seconds": server_s, "train-seconds": time.perf_counter() - self._t0,
+                            **self.round_info()})
+        return dict_to_arrays(new), MetricRecord({"train-loss": self._round["train-loss"],
+                                                  "num-examples": int(sum(weights))})
+
+    # ----- evaluate ---------------------------------------------------------------------------
+    def is_eval_round(self, server_round: int) -> bool:
+        return server_round % self.eval_every == 0 or server_round == self.num_rounds
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        self._t_eval = time.perf_counter()
+        if not self.is_eval_round(server_round):
+            return []
+        cfg = ConfigRecord({**dict(config), "server-round": server_round})
+        content = RecordDict({ARRAYS: arrays, CONFIG: cfg})
+        return [Message(content=content, dst_node_id=nid, message_type=MessageType.EVALUATE)
+                for nid in self._nodes(grid)]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        result = None
+        if replies:
+            failed = [m for m in replies if m.has_error()]
+            if failed:
+                raise RuntimeError(f"round {server_round}: {len(failed)} of {len(replies)} evaluate "
+                                   f"replies failed (first: {failed[0].error.reason}); an evaluation "
+                                   f"over a subset of users would not be comparable")
+            per_user = [{k: float(v) for k, v in dict(m.content[METRICS]).items()} for m in replies]
+            agg = mean_metrics(per_user, skip=("num-examples",))
+            agg["eval-users"] = len(per_user)
+            self._round.update(agg)
+            self._round["eval-seconds"] = time.perf_counter() - self._t_eval
+            if self.select_metric not in agg:
+                raise ReplyError(f"evaluate replies lack '{self.select_metric}' (select-metric); "
+                                 f"they carry {sorted(agg)[:6]}...")
+            if better(agg[self.select_metric], None if self.best is None else self.best[self.select_metric]):
+                self.best = {"round": server_round, **agg}
+            result = MetricRecord({k: v for k, v in agg.items()})
+        self._round["seconds"] = time.perf_counter() - self._t0
+        self.history.append(self._round)
+        if self.on_round is not None:
+            self.on_round(dict(self._round))
+        return result
