@@ -15,7 +15,9 @@ Hooks for the method clients (GFMFR, FedSLLM):
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,6 +88,13 @@ class FedRecClient(NumPyClient):
         self.data = data
         self._shared_keys = model.shared_keys()
         self._private_keys = model.private_keys()
+
+    @classmethod
+    def build(cls, model: FedRecModel, data: UserData, settings: LocalSettings,
+              run_config: Mapping[str, Any]) -> "FedRecClient":
+        """Construct from the raw run config; method clients override this to read their own
+        typed section of it (once, here)."""
+        return cls(model, data, settings)
 
     # ----- parameters -----------------------------------------------------------------------
     @property

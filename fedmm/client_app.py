@@ -7,12 +7,12 @@ says (``"arrays"`` + ``"metrics"`` with ``num-examples`` [+ ``"extras"``]).
 """
 from __future__ import annotations
 
-import numpy as np
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmm.config import RunConfig
 from fedmm.factory import build_client
+from strategies.base import dict_to_arrays
 
 app = ClientApp()
 
@@ -25,7 +25,7 @@ def _setup(msg: Message, context: Context):
     if "partition-id" not in context.node_config:
         raise KeyError("node_config has no 'partition-id'; start SuperNodes with "
                        "--node-config \"partition-id=<user> num-partitions=<users>\"")
-    client = build_client(cfg, int(context.node_config["partition-id"]))
+    client = build_client(cfg, int(context.node_config["partition-id"]), context.run_config)
     if PRIVATE_STATE in context.state.array_records:
         client.load_private_state({k: v.numpy() for k, v in context.state[PRIVATE_STATE].items()})
     arrays = msg.content["arrays"]
@@ -45,16 +45,15 @@ def _setup(msg: Message, context: Context):
 def train(msg: Message, context: Context) -> Message:
     client, names, params, config = _setup(msg, context)
     new_params, num_examples, metrics = client.fit(params, config)
-    context.state[PRIVATE_STATE] = ArrayRecord(
-        {k: np.ascontiguousarray(v) for k, v in client.private_state().items()})
+    context.state[PRIVATE_STATE] = dict_to_arrays(client.private_state())
     content = RecordDict({
-        "arrays": ArrayRecord({k: np.ascontiguousarray(v) for k, v in zip(names, new_params)}),
+        "arrays": dict_to_arrays(dict(zip(names, new_params))),
         "metrics": MetricRecord({**metrics, "num-examples": int(num_examples),
                                  "user": int(client.data.user)}),
     })
     extras = client.upload_extras()
     if extras:
-        content["extras"] = ArrayRecord({k: np.ascontiguousarray(v) for k, v in extras.items()})
+        content["extras"] = dict_to_arrays(extras)
     return Message(content=content, reply_to=msg)
 
 

@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 
 
 BACKBONE_CHOICES = ("fedmf", "fedncf", "pfedrec", "fedrap", "fedpergnn")
-METHOD_CHOICES = ("base",)
+METHOD_CHOICES = ("base", "gfmfr", "fedsllm")
 AGGREGATION_CHOICES = ("fedavg", "itemwise")
 PROTOCOL_CHOICES = ("both", "full", "sampled")
 DEVICE_CHOICES = ("cpu", "cuda")
@@ -72,6 +72,7 @@ class RunConfig:
     # run
     seed: int
     out_dir: str
+    threads: int
 
     # ------------------------------------------------------------------------------------
     @classmethod
@@ -114,7 +115,7 @@ class RunConfig:
             if getattr(self, key.replace("-", "_")) not in choices:
                 raise bad(key, f"choose one of {list(choices)}")
         positive = ("embedding-dim", "num-server-rounds", "local-epochs", "batch-size", "eval-every",
-                    "num-eval-negatives")
+                    "num-eval-negatives", "threads")
         for key in positive:
             if getattr(self, key.replace("-", "_")) <= 0:
                 raise bad(key, "must be > 0")

@@ -5,14 +5,14 @@ import json
 import time
 from logging import INFO
 
-import numpy as np
-from flwr.app import ArrayRecord, Context
+from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedmm.config import RunConfig
-from fedmm.factory import data_for, model_for
+from fedmm.factory import data_for, model_for, set_threads
 from fedmm.outputs import RunRecorder, format_table, new_run_dir, summarize
+from strategies.base import dict_to_arrays
 from strategies.factory import build_strategy
 
 app = ServerApp()
@@ -33,6 +33,7 @@ def _wait_for_nodes(grid: Grid, expected: int, timeout: float = 300.0) -> None:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_mapping(context.run_config)
+    set_threads(cfg)
     data = data_for(cfg)
     run_name = str(context.run_config.get("run-name", ""))
     run_dir = new_run_dir(cfg.out_dir, run_name, tag=f"{data.name}-{cfg.backbone}-{cfg.method}-s{cfg.seed}")
@@ -55,9 +56,10 @@ def main(grid: Grid, context: Context) -> None:
     model = model_for(cfg, data.num_items)
     state = model.state_dict()
     initial = {k: state[k].detach().cpu().numpy() for k in model.shared_keys()}
-    strategy = build_strategy(cfg, data, on_round=on_round, run_dir=run_dir, model=model)
+    strategy = build_strategy(cfg, data, on_round=on_round, run_dir=run_dir, model=model,
+                              run_config=context.run_config)
     t = time.time()
-    strategy.start(grid=grid, initial_arrays=ArrayRecord({k: np.ascontiguousarray(v) for k, v in initial.items()}),
+    strategy.start(grid=grid, initial_arrays=dict_to_arrays(initial),
                    num_rounds=cfg.num_server_rounds)
     final = summarize(strategy.history, strategy.best, cfg.select_metric, time.time() - t)
     final.update({"dataset": data.name, "backbone": cfg.backbone, "method": cfg.method, "seed": cfg.seed})

@@ -223,10 +223,15 @@ def encode_images(paths_or_urls: list[str], model: str | None = None, device="cp
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     dev = resolve_device(device)
     default = model is None or model.strip().lower() in EFFICIENTNET_ALIASES
-    if default:
-        net, processor = load_efficientnet_lite0(str(dev)), None
-    else:
-        processor, net = _load_hf_vision(model, str(dev))
+    net = processor = None  # loaded on the first usable image (not at all if there is none)
+
+    def load() -> None:
+        nonlocal net, processor
+        if net is None:
+            if default:
+                net = load_efficientnet_lite0(str(dev))
+            else:
+                processor, net = _load_hf_vision(model, str(dev))
 
     n = len(paths_or_urls)
     stats = _ImageLoadStats()
@@ -243,6 +248,7 @@ def encode_images(paths_or_urls: list[str], model: str | None = None, device="cp
                     images.append(img)
             if not images:
                 continue
+            load()
             if default:
                 x = torch.stack([_efficientnet_preprocess(im) for im in images]).to(dev)
                 feats = net.extract_features(x).mean((2, 3))
@@ -256,6 +262,7 @@ def encode_images(paths_or_urls: list[str], model: str | None = None, device="cp
     if dim is None:  # HF model and not a single image: probe the feature size on a blank image
         from PIL import Image
 
+        load()
         with torch.inference_mode():
             blank = processor(images=[Image.new("RGB", (224, 224))],
                               return_tensors="pt")["pixel_values"].to(dev)
@@ -323,9 +330,10 @@ def kg_meta_tokens(items_df: pd.DataFrame, kg_df: pd.DataFrame | None) -> list[l
         items = pd.to_numeric(kg_df["item"], errors="coerce")
         bad = items.isna() | (items < 0) | (items >= n) | (items != items.round())
         if bad.any():
+            first = kg_df["item"][bad].iloc[0]
             raise ValueError(f"kg_df column 'item' must hold internal item indices 0..{n - 1}; "
-                             f"{int(bad.sum())} rows do not (first: {kg_df['item'][bad].iloc[0]!r})."
-                             " Map raw item ids to internal indices before encoding.")
+                             f"{int(bad.sum())} rows do not (first: {first!r}). Map raw item "
+                             "ids to internal indices before encoding.")
         for item, rel, ent in zip(items.astype(int).tolist(), kg_df["relation"].astype(str),
                                   kg_df["entity"].astype(str)):
             tokens[item].extend((f"ent:{ent}", f"rel:{rel}={ent}", f"reltype:{rel}"))
@@ -358,7 +366,8 @@ def encode_kg_meta(items_df: pd.DataFrame, kg_df: pd.DataFrame | None, dim=64,
     Tokens occurring in a single item (e.g. an actor in one film) carry no similarity signal
     and are dropped (``min_df = 2``) unless that would drop everything. Term counts are
     sublinear-TF-IDF weighted. When fewer than ``dim`` features remain the TF-IDF matrix is
-    used directly and zero-padded.
+    used directly and zero-padded; with fewer than ``dim + 1`` items only ``N - 1``
+    components are computed and the rest are zero.
     """
     from scipy import sparse
     from sklearn.decomposition import TruncatedSVD
@@ -387,13 +396,14 @@ def encode_kg_meta(items_df: pd.DataFrame, kg_df: pd.DataFrame | None, dim=64,
     if keep.size:
         counts = counts[:, keep]
     tfidf = TfidfTransformer(sublinear_tf=True).fit_transform(counts)
-    if tfidf.shape[1] <= dim or n <= dim:
+    k = min(dim, n - 1)
+    if tfidf.shape[1] <= dim or k < 1:
         dense = tfidf.toarray()[:, :dim]
         out[:, :dense.shape[1]] = dense
     else:
-        svd = TruncatedSVD(n_components=dim, random_state=int(seed), algorithm="randomized",
+        svd = TruncatedSVD(n_components=k, random_state=int(seed), algorithm="randomized",
                            n_iter=7)
-        out[:] = svd.fit_transform(tfidf)
+        out[:, :k] = svd.fit_transform(tfidf)
     return normalize(out).astype(np.float32)
 
 
@@ -436,7 +446,13 @@ class EncoderConfig:
             if name not in known:
                 raise KeyError(f"encoders config: unknown key {key!r}; known keys are "
                                f"{sorted(known | set(alias))}")
-            kwargs[name] = value if value != "" else None
+            kwargs[name] = value
+        for name in ("text_model", "image_model"):
+            if kwargs.get(name) == "":
+                kwargs[name] = None
+        for name in ("kg_dim", "seed"):
+            if name in kwargs:
+                kwargs[name] = int(kwargs[name])
         return cls(**kwargs)
 
     def encoder_tag(self, modality: str) -> str:
@@ -453,7 +469,13 @@ class EncoderConfig:
 
 
 def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_")[:80] or "default"
+    """Filename-safe form of ``text``; long or path-like names get a short hash suffix so two
+    different model paths never share a cache entry."""
+    text = str(text)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "default"
+    if safe != text or len(safe) > 60:
+        safe = f"{safe[-60:].strip('_')}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return safe
 
 
 def item_texts(items_df: pd.DataFrame) -> list[str]:

@@ -1,7 +1,7 @@
 """Builds the strategy named by ``method`` from a typed config (used by the ServerApp)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +10,24 @@ from strategies.base import FedRecStrategy
 
 
 def build_strategy(cfg: RunConfig, data: Any, on_round: Callable[[dict], None] | None = None,
-                   run_dir: Path | None = None, model: Any = None) -> FedRecStrategy:
+                   run_dir: Path | None = None, model: Any = None,
+                   run_config: Mapping[str, Any] | None = None) -> FedRecStrategy:
+    """The strategy of ``cfg.method``. Method strategies get ``common`` (the base keyword
+    arguments), the raw ``run_config`` to read their own typed section from, the split ``data``,
+    the ``run_dir`` for their outputs and the server's ``model`` (a backbone instance whose
+    scoring functions they may use)."""
     common = dict(num_rounds=cfg.num_server_rounds, fraction_train=cfg.fraction_train,
                   eval_every=cfg.eval_every, select_metric=cfg.select_metric,
                   aggregation=cfg.aggregation, seed=cfg.seed, on_round=on_round,
                   min_available_nodes=data.num_users)
     if cfg.method == "base":
         return FedRecStrategy(**common)
+    if cfg.method == "gfmfr":
+        from strategies.gfmfr import GFMFR
+
+        return GFMFR.build(common, cfg, run_config or {}, data, run_dir, model)
+    if cfg.method == "fedsllm":
+        from strategies.fedsllm import FedSLLM
+
+        return FedSLLM.build(common, cfg, run_config or {}, data, run_dir, model)
     raise ValueError(f"method '{cfg.method}' has no strategy")

