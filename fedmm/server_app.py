@@ -59,9 +59,12 @@ def main(grid: Grid, context: Context) -> None:
     strategy = build_strategy(cfg, data, on_round=on_round, run_dir=run_dir, model=model,
                               run_config=context.run_config)
     t = time.time()
+    initial = strategy.initial_arrays(initial)
     strategy.start(grid=grid, initial_arrays=dict_to_arrays(initial),
                    num_rounds=cfg.num_server_rounds)
+    extra = strategy.finish()
     final = summarize(strategy.history, strategy.best, cfg.select_metric, time.time() - t)
+    final.update(extra)
     final.update({"dataset": data.name, "backbone": cfg.backbone, "method": cfg.method, "seed": cfg.seed})
     recorder.write_final(final)
     print(format_table(final), flush=True)

@@ -113,6 +113,16 @@ class FedRecStrategy(FedAvg):
         """Extra fields for this round's record (base: none)."""
         return {}
 
+    def initial_arrays(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Server-side pre-training before round 1 may replace the initial shared arrays
+        (e.g. FedSLLM initialises the item table from item text); base: unchanged."""
+        return arrays
+
+    def finish(self) -> dict[str, Any]:
+        """Called once after the last round (write plots, close logs); returns extra fields
+        for ``final.json`` (base: none)."""
+        return {}
+
     # ----- sampling ---------------------------------------------------------------------------
     def _nodes(self, grid: Grid) -> list[int]:
         while len(nodes := sorted(grid.get_node_ids())) < self.min_available_nodes:

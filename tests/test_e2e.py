@@ -1,0 +1,45 @@
+"""End to end through Flower's real simulation engine (``flwr run``) on a tiny dataset."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from e2e_util import finals, run_app
+
+
+@pytest.mark.parametrize("backbone", ["pfedrec"])
+def test_two_round_simulation_writes_outputs(tmp_path, tiny_grouplens, backbone):
+    proc, out = run_app(tmp_path, tiny_grouplens,
+                        f"backbone='{backbone}' num-server-rounds=3 eval-every=2 fraction-train=0.5 "
+                        f"aggregation='itemwise'", seeds=[1, 2])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "mean ± std" in proc.stdout
+    runs = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(runs) == 2
+    for run in runs:
+        cfg = json.loads((run / "config.json").read_text())
+        assert cfg["backbone"] == backbone and cfg["num-users"] == 12
+        rounds = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in rounds] == [1, 2, 3]
+        assert "eval-users" not in rounds[0] and rounds[1]["eval-users"] == 12
+        assert rounds[0]["clients"] == 6 and rounds[0]["bytes-up-per-client"] > 0
+    for f in finals(out):
+        assert f["status"] == "ok" and f["best_round"] in (2, 3)
+        assert set(f["test"]) >= {"full_hr@10", "sampled_ndcg@50"}
+        assert all(0.0 <= v <= 1.0 for v in f["test"].values())
+        assert f["eval_users"] == 12
+
+
+def test_failed_run_exits_nonzero_and_keeps_results(tmp_path, tiny_grouplens):
+    proc, out = run_app(tmp_path, tiny_grouplens, "num-server-rounds=1 eval-every=1", seeds=[0])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # A bad key fails before anything starts, with the key named.
+    proc = run_app(tmp_path, tiny_grouplens, "no-such-key=1")[0]
+    assert proc.returncode == 2 and "no-such-key" in proc.stderr
+    # A run that fails inside the ServerApp (lr so large training diverges to NaN) exits non-zero.
+    proc = run_app(tmp_path, tiny_grouplens, "num-server-rounds=1 eval-every=1 lr=1e30", seeds=[0])[0]
+    assert proc.returncode != 0
+    after = {p: p.read_bytes() for p in before}
+    assert after == before  # earlier results untouched
