@@ -27,7 +27,8 @@ class FedNCF(FedRecModel):
         Catalogue size ``N``.
     dim : int, default 32
         Embedding dimension ``d`` (of both the user and the item embeddings).
-    layers : sequence of int, default (64, 128, 64)
+    layers : sequence of int, optional
+        Default ``(2*dim, 4*dim, 2*dim)``, i.e. the paper's ``(64, 128, 64)`` at ``dim = 32``.
         Widths of the MLP tower. ``layers[0]`` is the input width and must equal ``2 * dim``
         (the concatenation ``[u; v]``); each consecutive pair adds Linear -> ReLU -> Dropout.
         The output layer is ``Linear(layers[-1], 1)``.
@@ -61,10 +62,12 @@ class FedNCF(FedRecModel):
         self,
         num_items: int,
         dim: int = 32,
-        layers: Sequence[int] = (64, 128, 64),
+        layers: Sequence[int] | None = None,
         dropout: float = 0.5,
     ) -> None:
         super().__init__(num_items, dim)
+        if layers is None:
+            layers = (2 * int(dim), 4 * int(dim), 2 * int(dim))
         layers = tuple(int(w) for w in layers)
         if not layers or any(w <= 0 for w in layers):
             raise ValueError(

@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Speed benchmark: ML-100K, each backbone, 10% clients per round, through ``run.py``.
+
+For each backbone it runs ``--rounds`` rounds (evaluation of all users at the last round) and
+reports, from the run's ``rounds.jsonl``:
+
+* median seconds per training round after warm-up (round 1, which starts Ray, is excluded);
+* seconds for one full evaluation of all users through Flower (the last round's evaluate step);
+* peak resident memory of all fedmm/Flower/Ray processes together (sampled every 0.5 s);
+* in-process compute time to evaluate all users (no Flower: NumPyClient.evaluate in a loop).
+
+    python bench/speed.py --rounds 12 --out bench/results/speed-cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def tree_rss() -> int:
+    """RSS (bytes) of every process that belongs to the run: run.py's children, the SuperLink and
+    everything it spawned (simulation, Ray)."""
+    total = 0
+    for p in psutil.process_iter(["cmdline", "memory_info"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if any(s in cmd for s in ("flwr", "flower-", "ray::", "raylet", "gcs_server", "ray/", "run.py")):
+            mi = p.info["memory_info"]
+            total += mi.rss if mi else 0
+    return total
+
+
+def inprocess_eval_seconds(backbone: str, device: str) -> float:
+    from fedmm.config import RunConfig, load_app_config
+    from fedmm.factory import build_client, data_for
+
+    d = load_app_config(ROOT / "pyproject.toml")
+    d.update(backbone=backbone, device=device)
+    cfg = RunConfig.from_mapping(d)
+    data = data_for(cfg)
+    c0 = build_client(cfg, 0)
+    params = c0.get_parameters({})
+    t = time.perf_counter()
+    for u in range(data.num_users):
+        build_client(cfg, u).evaluate(params, {})
+    return time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--backbones", nargs="+", default=["fedmf", "fedncf", "pfedrec", "fedrap", "fedpergnn"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed-cpu.json"))
+    args = ap.parse_args()
+    results = {}
+    outdir = ROOT / "outputs" / "bench" / time.strftime("%Y%m%d-%H%M%S")
+    for b in args.backbones:
+        peak = [0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], tree_rss())
+                time.sleep(0.5)
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        cmd = [sys.executable, str(ROOT / "run.py"), "--out", str(outdir), "--run-config",
+               f"backbone='{b}' num-server-rounds={args.rounds} eval-every={args.rounds} "
+               f"device='{args.device}' run-name='{b}'"]
+        t = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.time() - t
+        stop.set()
+        th.join()
+        if proc.returncode != 0:
+            print(proc.stdout[-2000:], proc.stderr[-2000:])
+            raise SystemExit(f"{b}: run failed")
+        rounds = [json.loads(x) for x in (outdir / b / "rounds.jsonl").read_text().splitlines()]
+        train = [r["train-seconds"] for r in rounds[1:]]
+        results[b] = {
+            "median_train_round_s": statistics.median(train),
+            "full_eval_flower_s": rounds[-1]["eval-seconds"],
+            "full_eval_compute_s": inprocess_eval_seconds(b, args.device),
+            "peak_rss_gb": peak[0] / 2**30,
+            "bytes_down_per_client": rounds[-1]["bytes-down-per-client"],
+            "bytes_up_per_client": rounds[-1]["bytes-up-per-client"],
+            "run_wall_s": wall,
+            "rounds": args.rounds,
+        }
+        print(b, json.dumps(results[b]), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"command": " ".join(sys.argv), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

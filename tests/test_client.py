@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients.base import FedRecClient, LocalSettings
+from fedmm.config import RunConfig, load_app_config
+from fedmm.data import UserData
+from fedmm.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings(**kw) -> LocalSettings:
+    d = load_app_config(ROOT / "pyproject.toml")
+    d.update(kw)
+    return LocalSettings.from_config(RunConfig.from_mapping(d))
+
+
+def make_client(backbone="pfedrec", **kw):
+    import torch
+
+    torch.manual_seed(0)
+    ud = UserData(3, np.array([1, 4, 7, 9, 12, 15], dtype=np.int64), 20, 21, 40)
+    model = build_model(backbone, 40, 8)
+    if hasattr(model, "set_neighbors"):
+        model.set_neighbors(torch.as_tensor(ud.train))
+    return FedRecClient(model, ud, settings(**kw))
+
+
+@pytest.mark.parametrize("backbone", ["fedmf", "fedncf", "pfedrec", "fedrap", "fedpergnn"])
+def test_fit_returns_shared_only_and_learns(backbone):
+    c = make_client(backbone, **{"local-epochs": 5, "lr": 0.05})
+    p0 = c.get_parameters({})
+    assert len(p0) == len(c.model.shared_keys())
+    losses = []
+    params = p0
+    for r in range(1, 6):
+        params, n, m = c.fit(params, {"server-round": r})
+        losses.append(m["train-loss"])
+    assert n == 6 * (1 + 4) and m["num-positives"] == 6
+    assert losses[-1] < losses[0]
+    assert set(c.private_state()) == set(c.model.private_keys())
+
+
+def test_fit_is_deterministic():
+    a, b = make_client(), make_client()
+    pa = a.fit(a.get_parameters({}), {"server-round": 2})[0]
+    pb = b.fit(b.get_parameters({}), {"server-round": 2})[0]
+    assert all(np.array_equal(x, y) for x, y in zip(pa, pb))
+
+
+def test_private_state_roundtrip_and_shape_errors():
+    c = make_client()
+    c.fit(c.get_parameters({}), {"server-round": 1})
+    priv = c.private_state()
+    d = make_client()
+    d.load_private_state(priv)
+    assert all(np.array_equal(d.private_state()[k], v) for k, v in priv.items())
+    with pytest.raises(ValueError, match="shape"):
+        c.set_parameters([np.zeros((3, 3), np.float32)])
+    with pytest.raises(ValueError, match="expected 1 shared arrays"):
+        c.set_parameters([])
+
+
+def test_itemwise_counts_and_ldp():
+    c = make_client()
+    c.fit(c.get_parameters({}), {"server-round": 1, "aggregation": "itemwise"})
+    counts = c.upload_extras()["item-counts"]
+    assert counts.shape == (40,) and counts[[1, 4, 7]].min() >= 2 and counts.sum() == 2 * 6 * 5
+    c2 = make_client(**{"ldp-delta": 1.0})
+    c3 = make_client(**{"ldp-delta": 0.0})
+    noisy = c2.fit(c2.get_parameters({}), {"server-round": 1})[0][0]
+    clean = c3.fit(c3.get_parameters({}), {"server-round": 1})[0][0]
+    assert 0.5 < np.abs(noisy - clean).mean() < 1.5  # Laplace(scale 1): E|x| = 1
+
+
+def test_evaluate_metrics_in_range():
+    c = make_client()
+    loss, n, m = c.evaluate(c.get_parameters({}), {})
+    assert n == 1 and np.isfinite(loss)
+    assert all(0.0 <= v <= 1.0 for v in m.values())
+    assert "test_full_hr@50" in m and "valid_sampled_ndcg@5" in m

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedmm.config import (ConfigError, RunConfig, load_app_config, load_toml_overrides, merge_overrides,
+                          parse_kv_overrides)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def defaults() -> dict:
+    return load_app_config(ROOT / "pyproject.toml")
+
+
+def test_defaults_parse_and_roundtrip():
+    cfg = RunConfig.from_mapping(defaults())
+    assert cfg.backbone == "pfedrec" and cfg.topk == (5, 10, 20, 50)
+    assert RunConfig.from_mapping(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("backbone", "nope", "backbone"), ("fraction-train", 0.0, "fraction-train"),
+    ("eval-protocol", "full", "select-metric"), ("num-server-rounds", "x", "num-server-rounds"),
+    ("min-interactions", 2, "min-interactions"), ("topk", "", "topk"), ("lr", -1.0, "lr"),
+])
+def test_bad_values_name_the_key(key, value, match):
+    d = defaults()
+    d[key] = value
+    with pytest.raises(ConfigError, match=match):
+        RunConfig.from_mapping(d)
+
+
+def test_missing_and_unknown_keys():
+    d = defaults()
+    del d["seed"]
+    with pytest.raises(ConfigError, match="'seed' is missing"):
+        RunConfig.from_mapping(d)
+    with pytest.raises(ConfigError, match="unknown run-config key"):
+        merge_overrides(defaults(), {"sed": 1}, "--run-config")
+
+
+def test_kv_and_toml_overrides(tmp_path):
+    kv = parse_kv_overrides("backbone='fedncf' seed=3 lr=0.5 dataset=ml-1m")
+    assert kv == {"backbone": "fedncf", "seed": 3, "lr": 0.5, "dataset": "ml-1m"}
+    p = tmp_path / "x.toml"
+    p.write_text('backbone = "fedrap"\nnum-server-rounds = 7\n')
+    assert load_toml_overrides(p) == {"backbone": "fedrap", "num-server-rounds": 7}
+    p.write_text("not toml [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_toml_overrides(p)
+
+
+def test_every_declared_key_is_read():
+    """Keys in [tool.flwr.app.config] are all consumed by some typed config."""
+    import dataclasses
+    import importlib
+
+    read = {f.name.replace("_", "-") for f in dataclasses.fields(RunConfig)} | {"run-name"}
+    for mod, cls in (("strategies.gfmfr", "GFMFRConfig"), ("strategies.fedsllm", "FedSLLMConfig")):
+        try:
+            c = getattr(importlib.import_module(mod), cls)
+        except (ImportError, AttributeError):
+            continue
+        read |= {f.name.replace("_", "-") for f in dataclasses.fields(c)}
+        read |= set(getattr(c, "KEYS", ()))
+    declared = set(defaults())
+    assert declared - read == set(), f"declared but never read: {sorted(declared - read)}"
