@@ -175,11 +175,12 @@ def load_raw(dataset: str) -> RawData:
     if dataset.startswith("grouplens:"):
         return load_grouplens(dataset.split(":", 1)[1])
     if dataset.startswith("amazon:"):
-        parts = dataset.split(":")
-        if len(parts) != 3:
+        rest = dataset.split(":", 1)[1]
+        if ":" not in rest:
             raise DataError(f"dataset '{dataset}': use 'amazon:<dir>:<Category>', e.g. "
                             f"'amazon:/data/amazon2023:Office_Products'")
+        directory, category = rest.rsplit(":", 1)
         from fedmm.data.amazon import load_amazon2023
 
-        return load_amazon2023(parts[1], parts[2])
+        return load_amazon2023(directory, category)
     raise DataError(f"unknown dataset '{dataset}'; {DATASET_HELP}")

@@ -164,15 +164,22 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FEDMM_CACHE", Path.home() / ".cache" / "fedmm"))
 
 
+def local_data_dir(dataset: str) -> Path | None:
+    """The directory of a ``grouplens:<dir>`` or ``amazon:<dir>:<Category>`` dataset, else None."""
+    if dataset.startswith("grouplens:"):
+        return Path(dataset.split(":", 1)[1]).expanduser()
+    if dataset.startswith("amazon:") and dataset.count(":") >= 2:
+        return Path(dataset.split(":", 1)[1].rsplit(":", 1)[0]).expanduser()
+    return None
+
+
 def _cache_key(dataset: str, rating_threshold: float, min_interactions: int) -> str:
     stamp: dict[str, object] = {"v": SPLIT_VERSION, "dataset": dataset, "thr": rating_threshold,
                                 "min": min_interactions}
-    for prefix in ("grouplens:", "amazon:"):
-        if dataset.startswith(prefix):  # local files: invalidate when they change
-            d = Path(dataset.split(":")[1]).expanduser()
-            if d.is_dir():
-                stamp["files"] = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime))
-                                        for p in d.iterdir() if p.is_file())
+    local = local_data_dir(dataset)
+    if local is not None and local.is_dir():  # local files: invalidate when any of them changes
+        stamp["files"] = sorted((str(p.relative_to(local)), p.stat().st_size, int(p.stat().st_mtime))
+                                for p in local.rglob("*") if p.is_file())
     h = hashlib.sha1(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:12]
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in dataset.split(":")[0])
     return f"{safe}-{h}"

@@ -1,0 +1,156 @@
+"""FedSLLM client: scores its training positives with the round's global model and trains on
+the top-``S`` fraction only.
+
+Paper: "LLM-Derived Semantic Prototypes for Sample Selection in Federated Recommendation"
+(FedSLLM). After the round's shared parameters are loaded (``FedRecClient.fit`` calls
+``set_parameters`` before :meth:`FedSLLMClient.training_positives`), the client computes the
+logits ``r_ui`` of its ``n`` training positives and, for the prototype samplers, the logits
+``r_uj`` of the ``P`` prototype embeddings sent by the server, then selects with
+:func:`clients.selection.select_samples` (rule and tie conventions documented there):
+
+* ``fedsllm`` / ``cluster``: ``Score(i) = min_j sim(i, j) / (|r_ui - r_uj| + eps)``, top ``S``;
+  the counts ``c_u[j] = #{i : argmin_j s(i, j) = j}`` over all ``n`` positives are uploaded;
+* ``random``, ``entropy``, ``margin``, ``least-confidence``: on ``sigmoid(r_ui)``, no payload;
+* ``base``: every positive.
+
+Negatives are sampled as usual (``num-negatives`` per selected positive), so the number of
+examples, hence the FedAvg weight, is that of the selected positives. The sampler, ``S`` and
+``eps`` come from the train message's config (the server's ``fedsllm-*`` keys), so the
+server alone decides them; the message contract is in :mod:`strategies.fedsllm`.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from clients.base import FedRecClient, LocalSettings
+from clients.selection import PROTOTYPE_METHODS, Selection, select_samples
+from fedmm.data.split import UserData
+from fedmm.models.base import FedRecModel
+
+#: Message-contract names (also used by :mod:`strategies.fedsllm`): the train message's
+#: ArrayRecord, its two arrays, and the key of the counts in the reply's ``"extras"`` record.
+PAYLOAD_RECORD = "fedsllm"
+PROTOTYPES_KEY, SIMILARITY_KEY, COUNTS_KEY = "prototypes", "similarity", "prototype-counts"
+#: Train-config keys set by the FedSLLM strategy.
+SAMPLER_CFG, FRACTION_CFG, EPS_CFG = "fedsllm-sampler", "fedsllm-fraction", "fedsllm-eps"
+#: Stream tag of the ``random`` sampler's RNG (separate from the training RNG stream).
+_RANDOM_STREAM = 7
+
+
+class FedSLLMClient(FedRecClient):
+    """One user's FedSLLM client (see the module docstring).
+
+    Parameters
+    ----------
+    model : FedRecModel
+    data : UserData
+    settings : LocalSettings
+
+    Attributes
+    ----------
+    prototypes : numpy.ndarray or None
+        float32 ``(P, d)`` prototype embeddings of this round's message.
+    similarity : numpy.ndarray or None
+        float32 ``(N, P)`` item-prototype cosine similarities of this round's message.
+    selection : Selection or None
+        The last selection (indices into ``data.train``, ``jstar``, ``counts``).
+    """
+
+    def __init__(self, model: FedRecModel, data: UserData, settings: LocalSettings) -> None:
+        super().__init__(model, data, settings)
+        self.prototypes: np.ndarray | None = None
+        self.similarity: np.ndarray | None = None
+        self.selection: Selection | None = None
+        self._selection_ms = 0.0
+
+    # ----- hooks ----------------------------------------------------------------------------
+    def receive(self, payload: dict[str, dict[str, np.ndarray]], config: dict) -> None:
+        """Keep the ``"fedsllm"`` record (prototype samplers); check its shapes.
+
+        Raises
+        ------
+        ValueError
+            The record lacks a key or its shapes disagree with the model and the catalogue.
+        """
+        record = payload.get(PAYLOAD_RECORD)
+        if record is None:
+            self.prototypes = self.similarity = None
+            return
+        missing = [k for k in (PROTOTYPES_KEY, SIMILARITY_KEY) if k not in record]
+        if missing:
+            raise ValueError(f"ArrayRecord '{PAYLOAD_RECORD}' lacks {missing}; the FedSLLM "
+                             f"server sends '{PROTOTYPES_KEY}' (P, d) and '{SIMILARITY_KEY}' (N, P)")
+        protos = np.asarray(record[PROTOTYPES_KEY], dtype=np.float32)
+        sim = np.asarray(record[SIMILARITY_KEY], dtype=np.float32)
+        if protos.ndim != 2 or protos.shape[0] == 0 or protos.shape[1] != self.model.dim:
+            raise ValueError(f"'{PAYLOAD_RECORD}/{PROTOTYPES_KEY}' has shape {protos.shape}, "
+                             f"expected (P, {self.model.dim}) with P >= 1")
+        if sim.shape != (self.data.num_items, protos.shape[0]):
+            raise ValueError(f"'{PAYLOAD_RECORD}/{SIMILARITY_KEY}' has shape {sim.shape}, expected "
+                             f"(num_items, P) = ({self.data.num_items}, {protos.shape[0]})")
+        self.prototypes, self.similarity = protos, sim
+
+    def training_positives(self, config: dict) -> np.ndarray:
+        """Select this round's positives with the current (just loaded) model.
+
+        Returns
+        -------
+        numpy.ndarray
+            int64 ``(k,)`` selected items, in their original (oldest-first) order, with
+            ``k = max(1, floor(S * n))`` (``n`` for ``base``).
+        """
+        for key in (SAMPLER_CFG, FRACTION_CFG, EPS_CFG):
+            if key not in config:
+                raise ValueError(f"train config lacks '{key}'; the FedSLLM client needs the "
+                                 f"FedSLLM strategy (method = \"fedsllm\") on the server")
+        sampler = str(config[SAMPLER_CFG])
+        fraction, eps = float(config[FRACTION_CFG]), float(config[EPS_CFG])
+        positives = np.asarray(self.data.train, dtype=np.int64)
+        start = time.perf_counter()
+        if sampler == "base":
+            selection = select_samples("base", np.zeros(positives.size), fraction)
+        else:
+            selection = self._select(sampler, positives, fraction, eps, config)
+        self._selection_ms = (time.perf_counter() - start) * 1e3
+        self.selection = selection
+        return positives[np.sort(selection.indices)]
+
+    def _select(self, sampler: str, positives: np.ndarray, fraction: float, eps: float,
+                config: dict) -> Selection:
+        needs_protos = sampler in PROTOTYPE_METHODS
+        if needs_protos and self.prototypes is None:
+            raise ValueError(f"sampler '{sampler}' needs the ArrayRecord '{PAYLOAD_RECORD}' "
+                             f"(prototypes and similarities) in the train message; none came")
+        was_training = self.model.training
+        self.model.eval()  # deterministic scores (FedNCF has dropout)
+        try:
+            with torch.no_grad():
+                r_items = self.model(torch.as_tensor(positives, device=self.device))
+                r_protos = None
+                if needs_protos:
+                    r_protos = self.model.score_vectors(
+                        torch.as_tensor(self.prototypes, device=self.device))
+        finally:
+            self.model.train(was_training)
+        rng = np.random.default_rng([self.settings.seed, int(config.get("server-round", 0)),
+                                     self.data.user, _RANDOM_STREAM])
+        return select_samples(
+            sampler, r_items.float().cpu().numpy(), fraction, rng=rng, eps=eps,
+            r_protos=None if r_protos is None else r_protos.float().cpu().numpy(),
+            sim=None if not needs_protos else self.similarity[positives])
+
+    def upload_extras(self) -> dict[str, np.ndarray]:
+        """Base extras plus ``prototype-counts`` int64 ``(P,)`` for the prototype samplers."""
+        extras = super().upload_extras()
+        if self.selection is not None and self.selection.counts is not None:
+            extras[COUNTS_KEY] = self.selection.counts.astype(np.int64)
+        return extras
+
+    def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
+        """``FedRecClient.fit`` plus the metrics ``selection-ms`` and ``selection-candidates``."""
+        params, num_examples, metrics = super().fit(parameters, config)
+        return params, num_examples, {**metrics, "selection-ms": float(self._selection_ms),
+                                      "selection-candidates": int(self.data.train.size)}

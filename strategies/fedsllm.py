@@ -1,0 +1,702 @@
+"""FedSLLM strategy: LLM-derived semantic prototypes for client sample selection.
+
+Paper: "LLM-Derived Semantic Prototypes for Sample Selection in Federated Recommendation"
+(FedSLLM). A thin :class:`~strategies.base.FedRecStrategy` subclass; the round loop is
+Flower's. Server-side work, all without client data:
+
+* pre-training (:meth:`FedSLLM.initial_arrays`, once): item texts ``a_i`` (title, year,
+  genres, description) -> ``x_i = F_PLM(a_i)`` (packaged all-MiniLM-L6-v2 by default, cached
+  on disk per dataset + encoder) -> autoencoder pre-training -> the global item table is
+  initialised with ``z_i = E_AE(x_i)``; the LLM writes the first textual prototypes from an
+  item/genre summary, embedded as ``e_j = E_AE(F_PLM(p_j))``;
+* every round (:meth:`FedSLLM.train_payload`): cosine ``sim(i, j)`` of the current global item
+  table with the prototype embeddings, sent with the embeddings to the sampled clients;
+* after aggregation (:meth:`FedSLLM.server_update`): client counts are summed; every
+  ``fedsllm-align-every`` rounds ``E_AE`` is aligned to the frozen aggregated item table (MSE)
+  and the prototypes re-embedded; every ``fedsllm-proto-update-every`` rounds the LLM revises
+  the prototypes from the current ones and the counts summed since the last revision. Neither
+  runs after the last round (nothing would use it).
+
+Baselines at the same fraction ``S`` (``fedsllm-sampler``): ``random``, ``entropy``,
+``margin``, ``least-confidence`` (client-side, on the model's probabilities, no payload),
+``cluster`` (K-Means centroids of the current item table as prototype vectors, refreshed on
+the same schedule, no LLM, no autoencoder) and ``base`` (every sample). The autoencoder
+initialisation belongs to FedSLLM; ``fedsllm-ae-init-baselines = true`` applies it to the
+baselines too (ablation).
+
+Message contract (what another Flower project's ClientApp must do), on top of the base
+contract of :mod:`strategies.base`:
+
+* train message, ``"config"`` ConfigRecord adds ``"fedsllm-sampler"`` (str, one of the
+  samplers above), ``"fedsllm-fraction"`` (float ``S`` in ``(0, 1]``: share of the node's
+  training positives to train on, ``max(1, floor(S * n))``) and ``"fedsllm-eps"`` (float);
+* train message, for ``fedsllm`` and ``cluster`` only: ArrayRecord ``"fedsllm"`` with
+  ``"prototypes"`` float32 ``(P, d)`` (prototype embeddings ``e_j`` in item-embedding space)
+  and ``"similarity"`` float32 ``(N, P)`` (``sim(i, j)`` for every item of the catalogue;
+  the server does not know which items a client has);
+* train reply: ``"metrics"`` adds ``"selection-ms"`` (float, wall time to score and select)
+  and ``"selection-candidates"`` (int ``n``; ``"num-positives"`` is the selected count);
+  for ``fedsllm`` and ``cluster`` an ArrayRecord ``"extras"`` with ``"prototype-counts"``
+  int64 ``(P,)``: ``c_u[j] = #{i : argmin_j s(i, j) = j}`` over all ``n`` training positives
+  (sums to ``n``). Only these counts leave a client besides the shared parameters.
+* evaluate messages and replies are unchanged.
+
+Run outputs (in the run directory): ``prototypes.jsonl`` (one line per round with the
+prototype names in force and the summed counts, plus one line per initial/revised set) and
+``prototype-prompts.jsonl`` (every backend call: prompt, raw response, parsed and accepted
+names, fallback reason, seconds).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from logging import INFO
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+# Record and key names of the message contract: defined once, next to the client that reads them.
+from clients.fedsllm import (COUNTS_KEY, EPS_CFG, FRACTION_CFG, PAYLOAD_RECORD, PROTOTYPES_KEY,
+                             SAMPLER_CFG, SIMILARITY_KEY)
+from clients.selection import PROTOTYPE_METHODS, SAMPLERS
+from fedmm.config import ConfigError, RunConfig
+from strategies.aggregation import ReplyError
+from strategies.base import EXTRAS, ITEM_TABLE_KEY, METRICS, FedRecStrategy, dict_to_arrays
+
+#: Values of ``fedsllm-llm`` that mean the packaged SmolLM2-135M-Instruct GGUF.
+SMOLLM2_ALIASES = frozenset({"", "smollm2", "default"})
+#: ``openai:<base_url>:<model>``; the model may itself contain ':' (e.g. ``qwen2.5:7b``).
+_OPENAI_SPEC = re.compile(r"^openai:(https?://[^/\s:]+(?::\d+)?(?:/[^\s:]*)?):(\S.*)$")
+#: Prefix of this section's run-config keys.
+_PREFIX = "fedsllm-"
+
+
+# ----- configuration ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LLMSpec:
+    """Parsed ``fedsllm-llm`` value.
+
+    Attributes
+    ----------
+    kind : {"transformers", "openai"}
+    model : str or None
+        Local directory / HF name (``None`` = packaged SmolLM2) or the served model name.
+    gguf_file : str or None
+        GGUF file inside ``model`` (a ``.gguf`` path was given).
+    base_url : str or None
+        Server address of an ``openai:`` spec.
+    """
+
+    kind: str
+    model: str | None = None
+    gguf_file: str | None = None
+    base_url: str | None = None
+
+
+def parse_llm_spec(value: str) -> LLMSpec:
+    """Parse the ``fedsllm-llm`` run-config value.
+
+    Parameters
+    ----------
+    value : str
+        ``"smollm2"`` (or ``""``): the packaged SmolLM2-135M-Instruct GGUF;
+        ``"openai:<base_url>:<model>"``: an OpenAI-compatible chat server, e.g.
+        ``"openai:http://127.0.0.1:8000/v1:Qwen2.5-7B-Instruct"``; a path to a ``.gguf``
+        file; anything else: a local model directory or a Hugging Face name already in the
+        local cache (loaded with ``transformers``).
+
+    Returns
+    -------
+    LLMSpec
+
+    Raises
+    ------
+    ConfigError
+        A malformed ``openai:`` spec (the message shows the expected form).
+    """
+    text = str(value).strip()
+    if text.lower() in SMOLLM2_ALIASES:
+        return LLMSpec("transformers")
+    if text.lower().startswith("openai:"):
+        m = _OPENAI_SPEC.match(text)
+        if not m:
+            raise ConfigError(
+                f"run-config key 'fedsllm-llm' = {value!r}: an OpenAI-compatible server is given "
+                "as 'openai:<base_url>:<model>', e.g. "
+                "'openai:http://127.0.0.1:8000/v1:Qwen2.5-7B-Instruct'")
+        return LLMSpec("openai", model=m.group(2).strip(), base_url=m.group(1))
+    if text.lower().endswith(".gguf"):
+        path = Path(text).expanduser()
+        return LLMSpec("transformers", model=str(path.parent), gguf_file=path.name)
+    return LLMSpec("transformers", model=text)
+
+
+def _cast(key: str, raw: Any, kind: type) -> Any:
+    """Explicit cast of one run-config value; :class:`ConfigError` names the key."""
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+                return raw.strip().lower() == "true"
+            raise ValueError(raw)
+        if isinstance(raw, bool):
+            raise ValueError(raw)
+        if kind is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw)
+        if kind is float:
+            out = float(raw)
+            if not math.isfinite(out):
+                raise ValueError(raw)
+            return out
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"run-config key '{key}' = {raw!r} is not a valid "
+                          f"{kind.__name__}") from None
+
+
+@dataclass(frozen=True)
+class FedSLLMConfig:
+    """The ``fedsllm-*`` run-config keys, typed. Field ``foo_bar`` is the key ``fedsllm-foo-bar``.
+
+    Defaults and one-line docs live in ``pyproject.toml`` under ``# -- fedsllm``.
+    """
+
+    #: All run-config keys of this section (filled in right after the class).
+    KEYS: ClassVar[tuple[str, ...]] = ()
+
+    sampler: str
+    fraction: float
+    eps: float
+    llm: str
+    api_key_env: str
+    llm_max_tokens: int
+    llm_temperature: float
+    max_prototypes: int
+    proto_update_every: int
+    align_every: int
+    text_encoder: str
+    ae_epochs: int
+    align_epochs: int
+    ae_lr: float
+    ae_init_baselines: bool
+    item_noun: str
+
+    @staticmethod
+    def key(field_name: str) -> str:
+        """Run-config key of a field: ``max_prototypes`` -> ``fedsllm-max-prototypes``."""
+        return _PREFIX + field_name.replace("_", "-")
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """All run-config keys this section reads."""
+        return [cls.key(f.name) for f in fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> "FedSLLMConfig":
+        """Read and check the section from a run-config mapping (hyphenated keys).
+
+        Raises
+        ------
+        ConfigError
+            A key is missing or a value has the wrong type or range (the message names it).
+        """
+        kinds = {"str": str, "float": float, "int": int, "bool": bool}
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = cls.key(f.name)
+            if key not in cfg:
+                raise ConfigError(
+                    f"run-config key '{key}' is missing; declare it in pyproject.toml "
+                    f"[tool.flwr.app.config] or pass it with --run-config \"{key}=...\"")
+            values[f.name] = _cast(key, cfg[key], kinds[str(f.type)])
+        out = cls(**values)
+        out.check()
+        return out
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` naming the key when a value is out of range."""
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"run-config key '{self.key(name)}' = "
+                               f"{getattr(self, name)!r}: {why}")
+
+        if self.sampler not in SAMPLERS:
+            raise bad("sampler", f"choose one of {sorted(SAMPLERS)}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise bad("fraction", "must be in (0, 1] (share of training positives kept)")
+        if self.eps <= 0:
+            raise bad("eps", "must be > 0")
+        if self.max_prototypes < 2:
+            raise bad("max_prototypes", "must be >= 2")
+        for name in ("proto_update_every", "llm_max_tokens", "ae_epochs", "align_epochs"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be >= 1")
+        if self.llm_max_tokens > 2048:
+            raise bad("llm_max_tokens", "must be <= 2048")
+        if self.align_every < 0:
+            raise bad("align_every", "must be >= 0 (0 = never align)")
+        if self.ae_lr <= 0:
+            raise bad("ae_lr", "must be > 0")
+        if self.llm_temperature < 0:
+            raise bad("llm_temperature", "must be >= 0 (0 = greedy)")
+        self.llm_spec()
+
+    def llm_spec(self) -> LLMSpec:
+        """The parsed ``fedsllm-llm`` value (see :func:`parse_llm_spec`)."""
+        return parse_llm_spec(self.llm)
+
+    @property
+    def uses_prototypes(self) -> bool:
+        """Whether the sampler needs the prototype payload (``fedsllm`` or ``cluster``)."""
+        return self.sampler in PROTOTYPE_METHODS
+
+    @property
+    def uses_autoencoder(self) -> bool:
+        """Whether the server pre-trains the autoencoder and initialises the item table."""
+        return self.sampler == "fedsllm" or self.ae_init_baselines
+
+
+FedSLLMConfig.KEYS = tuple(FedSLLMConfig.keys())
+
+
+# ----- pure helpers -------------------------------------------------------------------------
+def item_noun_for(dataset: str, configured: str = "") -> str:
+    """Noun used in the LLM prompts: ``configured`` if set, else from the dataset name.
+
+    ``ml-*`` and ``grouplens:`` -> ``"movie"``, ``amazon:`` -> ``"product"``, else ``"item"``.
+    """
+    if configured.strip():
+        return configured.strip()
+    if dataset.startswith(("ml-", "grouplens:")):
+        return "movie"
+    if dataset.startswith("amazon:"):
+        return "product"
+    return "item"
+
+
+def fedsllm_item_texts(items: pd.DataFrame) -> list[str]:
+    """FedSLLM's item text ``a_i``: title, year, genres and description.
+
+    Parameters
+    ----------
+    items : pandas.DataFrame
+        One row per internal item index, columns ``title``, ``year`` (float, NaN if unknown),
+        ``genres`` (``|``-separated), ``description`` (see ``fedmm.data.raw.ITEM_COLUMNS``).
+
+    Returns
+    -------
+    list of str
+        ``"<title>. Year: <year>. Genres: <g1>, <g2>. <description>"``, parts left out when
+        missing (``"unknown"`` genres dropped); one string per row, in row order.
+    """
+    missing = [c for c in ("title", "year", "genres", "description") if c not in items.columns]
+    if missing:
+        raise ValueError(f"item table lacks columns {missing}; expected those of "
+                         "fedmm.data.raw.ITEM_COLUMNS")
+    out = []
+    for title, year, genres, desc in zip(items["title"].fillna("").astype(str),
+                                         pd.to_numeric(items["year"], errors="coerce"),
+                                         items["genres"].fillna("").astype(str),
+                                         items["description"].fillna("").astype(str)):
+        parts = [title.strip()] if title.strip() else []
+        if math.isfinite(year) and year > 0:
+            parts.append(f"Year: {int(year)}")
+        names = [g.strip() for g in genres.split("|")
+                 if g.strip() and g.strip().lower() not in ("unknown", "(no genres listed)")]
+        if names:
+            parts.append("Genres: " + ", ".join(names))
+        if desc.strip():
+            parts.append(desc.strip())
+        out.append(". ".join(parts))
+    return out
+
+
+def cached_text_embeddings(texts: list[str], dataset_key: str, encoder_tag: str,
+                           encode_fn: Callable[[list[str]], np.ndarray],
+                           cache_dir: str | Path | None) -> tuple[np.ndarray, bool]:
+    """Embed ``texts`` or load them from the modality cache.
+
+    Parameters
+    ----------
+    texts : list of str
+        ``N`` item texts (:func:`fedsllm_item_texts`).
+    dataset_key : str
+        Dataset name as in the run config (part of the cache path).
+    encoder_tag : str
+        Filename-safe encoder name (part of the cache key).
+    encode_fn : callable
+        ``list[str] -> float (N, D)``.
+    cache_dir : str, pathlib.Path or None
+        Root of :class:`server_tasks.encoders.ModalityCache`; ``None`` disables caching.
+
+    Returns
+    -------
+    features : numpy.ndarray
+        float32, shape ``(N, D)``.
+    hit : bool
+        Whether they came from the cache.
+    """
+    from server_tasks.encoders import ModalityCache
+
+    def encode() -> np.ndarray:
+        x = np.asarray(encode_fn(list(texts)), dtype=np.float32)
+        if x.ndim != 2 or x.shape[0] != len(texts):
+            raise ValueError(f"text encoder returned shape {x.shape} for {len(texts)} texts")
+        return x
+
+    if cache_dir is None:
+        return encode(), False
+    digest = hashlib.sha1("\x1e".join(texts).encode("utf-8")).hexdigest()[:12]
+    cache = ModalityCache(cache_dir)
+    paths = cache.paths(dataset_key, "fedsllm-text", encoder_tag, f"{len(texts)}-{digest}")
+    entry = cache.load(paths, len(texts))
+    if entry is not None:
+        return entry[0], True
+    x = encode()
+    cache.save(paths, x, np.ones(len(texts), dtype=bool))
+    return x, False
+
+
+def sum_prototype_counts(counts: Sequence[np.ndarray], num_prototypes: int,
+                         sources: Sequence[object]) -> np.ndarray:
+    """Sum the clients' prototype counts ``sum_u c_u``.
+
+    Parameters
+    ----------
+    counts : sequence of numpy.ndarray
+        One int ``(P,)`` array per reply.
+    num_prototypes : int
+        ``P`` of the prototypes sent this round.
+    sources : sequence
+        Node ids of the replies, same length (named in errors).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64, shape ``(P,)``.
+
+    Raises
+    ------
+    ReplyError
+        A count vector has the wrong shape, a non-integer or a negative value.
+    """
+    total = np.zeros(int(num_prototypes), dtype=np.int64)
+    for src, c in zip(sources, counts):
+        arr = np.asarray(c)
+        if arr.shape != (int(num_prototypes),):
+            raise ReplyError(f"reply from node {src}: '{COUNTS_KEY}' has shape {arr.shape}, "
+                             f"expected ({num_prototypes},) (one count per prototype sent)")
+        if not np.issubdtype(arr.dtype, np.integer) or (arr < 0).any():
+            raise ReplyError(f"reply from node {src}: '{COUNTS_KEY}' must hold non-negative "
+                             f"integers, got dtype {arr.dtype}")
+        total += arr.astype(np.int64)
+    return total
+
+
+def make_generator(settings: FedSLLMConfig, seed: int, device: str):
+    """The prototype backend of ``settings`` (nothing is loaded here; the LLM loads lazily at
+    its first call and once per process).
+
+    Returns
+    -------
+    server_tasks.prototypes.PrototypeGenerator
+        :class:`ClusterPrototypes` for ``sampler = "cluster"``; otherwise
+        :class:`TransformersLLM` or :class:`OpenAICompatible` from ``fedsllm-llm``.
+    """
+    from server_tasks.prototypes import ClusterPrototypes, OpenAICompatible, TransformersLLM
+
+    if settings.sampler == "cluster":
+        return ClusterPrototypes(seed=seed)
+    spec = settings.llm_spec()
+    if spec.kind == "openai":
+        return OpenAICompatible(spec.base_url, spec.model, api_key_env=settings.api_key_env,
+                                temperature=settings.llm_temperature,
+                                max_tokens=settings.llm_max_tokens, seed=seed)
+    return TransformersLLM(spec.model, gguf_file=spec.gguf_file,
+                           max_new_tokens=settings.llm_max_tokens,
+                           temperature=settings.llm_temperature, seed=seed, device=device)
+
+
+def _rms(table: np.ndarray) -> float:
+    value = float(np.sqrt(np.mean(np.square(table, dtype=np.float64))))
+    return value if math.isfinite(value) and value > 0 else 1.0
+
+
+# ----- strategy -----------------------------------------------------------------------------
+class FedSLLM(FedRecStrategy):
+    """FedSLLM (and its sampling baselines) on top of :class:`FedRecStrategy`.
+
+    Parameters
+    ----------
+    settings : FedSLLMConfig
+        The ``fedsllm-*`` keys.
+    items : pandas.DataFrame
+        Server-side item table, one row per internal item index (``title``, ``year``,
+        ``genres``, ``description``).
+    dataset_key : str, default ""
+        Dataset name (text-embedding cache key; prompt noun).
+    cache_dir : str, pathlib.Path or None, default None
+        Root of the text-embedding cache; ``None`` disables it.
+    device : str, default "cpu"
+        Device of the text encoder and the local LLM.
+    run_dir : pathlib.Path or None, default None
+        Where ``prototypes.jsonl`` and ``prototype-prompts.jsonl`` go (``None``: not written).
+    generator : PrototypeGenerator or None, default None
+        Prototype backend; ``None`` -> :func:`make_generator` (tests inject scripted ones).
+    encode_fn : callable or None, default None
+        ``list[str] -> float (n, D)`` text encoder ``F_PLM``; ``None`` -> the ``fedsllm-text-encoder``
+        model through :func:`server_tasks.text_encoder.encode_texts`.
+    seed : int, default 0
+        Seeds client sampling, autoencoder training, K-Means and LLM sampling.
+    **common
+        The keyword arguments of :class:`FedRecStrategy`.
+    """
+
+    def __init__(self, *, settings: FedSLLMConfig, items: pd.DataFrame, dataset_key: str = "",
+                 cache_dir: str | Path | None = None, device: str = "cpu",
+                 run_dir: Path | None = None, generator=None,
+                 encode_fn: Callable[[list[str]], np.ndarray] | None = None, seed: int = 0,
+                 **common: Any) -> None:
+        super().__init__(seed=seed, **common)
+        from server_tasks.prototypes import PrototypeManager
+
+        self.settings = settings
+        self.items = items.reset_index(drop=True)
+        self.dataset_key = dataset_key
+        self.cache_dir = cache_dir
+        self.device = device
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.seed = int(seed)
+        self._encode_fn = encode_fn
+        self._encoder_tag = _encoder_tag(settings.text_encoder)
+        self.manager = None
+        if settings.uses_prototypes:
+            self.manager = PrototypeManager(
+                generator if generator is not None else make_generator(settings, seed, device),
+                self.items,
+                embed_fn=self._embed_names if settings.sampler == "fedsllm" else None,
+                max_prototypes=settings.max_prototypes,
+                item_noun=item_noun_for(dataset_key, settings.item_noun),
+                log_path=None if self.run_dir is None else self.run_dir / "prototype-prompts.jsonl")
+        self.autoencoder = None
+        self._x = None  # torch float32 (N, D): item text embeddings
+        self.names: list[str] = []
+        self.vectors: np.ndarray | None = None  # float32 (P, d), prototypes in force
+        self._source = ""
+        self._pending = np.zeros(0, dtype=np.int64)  # counts summed since the last revision
+        self._info: dict[str, Any] = {}
+        self._summary: dict[str, Any] = {"sampler": settings.sampler, "pretrain-seconds": 0.0,
+                                         "prototype-updates": 0, "alignments": 0,
+                                         "prototype-seconds": 0.0}
+
+    @classmethod
+    def build(cls, common: dict[str, Any], cfg: RunConfig, run_config: Mapping[str, Any],
+              data: Any, run_dir: Path | None, model: Any) -> "FedSLLM":
+        """Read the ``fedsllm-*`` keys once and build the strategy (see ``strategies.factory``)."""
+        from fedmm.data.split import default_cache_dir, load_item_side
+        from server_tasks.text_encoder import resolve_device
+
+        settings = FedSLLMConfig.from_mapping(run_config)
+        side = load_item_side(cfg.dataset, cfg.rating_threshold, cfg.min_interactions,
+                              cfg.cache_dir)
+        if len(side.items) != data.num_items:
+            raise ValueError(f"item table of {cfg.dataset} has {len(side.items)} rows but the "
+                             f"split has {data.num_items} items; delete the split cache")
+        root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+        return cls(settings=settings, items=side.items, dataset_key=cfg.dataset,
+                   cache_dir=root / "modalities", device=str(resolve_device(cfg.device)),
+                   run_dir=run_dir, **common)
+
+    # ----- text side ------------------------------------------------------------------------
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """``F_PLM``: list of ``n`` str -> float32 ``(n, D)``."""
+        if self._encode_fn is not None:
+            return np.asarray(self._encode_fn(list(texts)), dtype=np.float32)
+        from server_tasks.text_encoder import encode_texts
+
+        return encode_texts(list(texts), model=self.settings.text_encoder or None,
+                            device=self.device)
+
+    def _embed_names(self, names: list[str]) -> np.ndarray:
+        """``e_j = E_AE(F_PLM(p_j))``: ``P`` names -> float32 ``(P, d)``."""
+        from server_tasks.prototypes import TextPrototypeEmbedder
+
+        if self.autoencoder is None:
+            raise RuntimeError("prototype names cannot be embedded before the autoencoder is "
+                               "pre-trained (initial_arrays)")
+        return TextPrototypeEmbedder(self.autoencoder, encode_fn=self._encode)(names)
+
+    # ----- hooks ----------------------------------------------------------------------------
+    def initial_arrays(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Server pre-training: autoencoder + item-table initialisation, first prototypes."""
+        import torch
+
+        from server_tasks.autoencoder import (default_widths, init_item_embeddings,
+                                              pretrain_autoencoder)
+
+        start = time.perf_counter()
+        table = arrays[ITEM_TABLE_KEY]
+        if table.shape[0] != len(self.items):
+            raise ValueError(f"'{ITEM_TABLE_KEY}' has {table.shape[0]} rows but the item table "
+                             f"has {len(self.items)} items")
+        if self.settings.uses_autoencoder:
+            texts = fedsllm_item_texts(self.items)
+            x, hit = cached_text_embeddings(texts, self.dataset_key, self._encoder_tag,
+                                            self._encode, self.cache_dir)
+            text_s = time.perf_counter() - start
+            self._x = torch.as_tensor(x, dtype=torch.float32)
+            s = self.settings
+            self.autoencoder, history = pretrain_autoencoder(
+                self._x, default_widths(x.shape[1], table.shape[1]), epochs=s.ae_epochs,
+                lr=s.ae_lr, seed=self.seed)
+            z = init_item_embeddings(self.autoencoder, self._x, scale=_rms(table))
+            arrays = {**arrays, ITEM_TABLE_KEY: z.cpu().numpy().astype(table.dtype)}
+            self._summary.update({"ae-widths": self.autoencoder.widths,
+                                  "ae-mse": history[-1], "text-cache-hit": hit,
+                                  "text-seconds": text_s,
+                                  "ae-seconds": time.perf_counter() - start - text_s})
+            log(INFO, "fedsllm: autoencoder %s pre-trained on %d item texts (%s), MSE %.5f",
+                self.autoencoder.widths, x.shape[0], "cached" if hit else "encoded", history[-1])
+        if self.settings.uses_prototypes:
+            self._revise(0, arrays[ITEM_TABLE_KEY], counts=None)
+        self._summary["pretrain-seconds"] = time.perf_counter() - start
+        return arrays
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Adds the sampler settings to the train config (see the module's message contract)."""
+        s = self.settings
+        config = ConfigRecord({**dict(config), SAMPLER_CFG: s.sampler,
+                               FRACTION_CFG: float(s.fraction), EPS_CFG: float(s.eps)})
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def train_payload(self, server_round: int, node_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """Prototype embeddings and item-prototype similarities (prototype samplers only)."""
+        if not self.settings.uses_prototypes:
+            return {}
+        if self.vectors is None:
+            raise RuntimeError("FedSLLM has no prototypes: initial_arrays() must run before "
+                               "the first round (the ServerApp calls it)")
+        from server_tasks.prototypes import cosine_similarity_matrix
+
+        assert self._global is not None
+        sim = cosine_similarity_matrix(self._global[ITEM_TABLE_KEY], self.vectors)
+        record = dict_to_arrays({PROTOTYPES_KEY: self.vectors.astype(np.float32),
+                                 SIMILARITY_KEY: sim.astype(np.float32)})
+        return {nid: {PAYLOAD_RECORD: record} for nid in node_ids}
+
+    def server_update(self, server_round: int, replies: list[Message],
+                      arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Sum counts; align ``E_AE`` and revise the prototypes when due."""
+        metrics = [dict(m.content[METRICS]) for m in replies]
+        ms = [float(mm["selection-ms"]) for mm in metrics if "selection-ms" in mm]
+        self._info = {"selection-ms": float(np.mean(ms)) if ms else float("nan")}
+        if not self.settings.uses_prototypes:
+            return arrays
+        sources = [m.metadata.src_node_id for m in replies]
+        counts = []
+        for src, m in zip(sources, replies):
+            extras = m.content.array_records.get(EXTRAS)
+            if extras is None or COUNTS_KEY not in extras:
+                raise ReplyError(f"reply from node {src}: sampler '{self.settings.sampler}' "
+                                 f"needs ArrayRecord '{EXTRAS}' with '{COUNTS_KEY}' (P,) int64")
+            counts.append(extras[COUNTS_KEY].numpy())
+        summed = sum_prototype_counts(counts, len(self.names), sources)
+        self._pending = self._pending + summed
+        self._info.update({"num-prototypes": len(self.names),
+                           "prototype-counts": summed.tolist()})
+        self._write({"round": server_round, "event": "round", "names": self.names,
+                     "counts": summed.tolist(), "clients": len(replies)})
+        if server_round >= self.num_rounds:
+            return arrays  # nothing would use a new encoder or new prototypes
+        table = arrays[ITEM_TABLE_KEY]
+        s = self.settings
+        aligned = False
+        if s.sampler == "fedsllm" and s.align_every and server_round % s.align_every == 0:
+            self._align(server_round, table)
+            aligned = True
+        if server_round % s.proto_update_every == 0:
+            self._revise(server_round, table, counts=self._pending)
+        elif aligned:
+            self.vectors = self._embed_names(self.names)
+        return arrays
+
+    def round_info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def finish(self) -> dict[str, Any]:
+        return {"fedsllm": {**self._summary, "prototypes": list(self.names)}}
+
+    def summary(self) -> None:
+        super().summary()
+        s = self.settings
+        log(INFO, "\t├──> fedsllm: sampler %s, S %.3f, P <= %d, prototypes every %d, align "
+            "every %d", s.sampler, s.fraction, s.max_prototypes, s.proto_update_every,
+            s.align_every)
+
+    # ----- server-side steps ----------------------------------------------------------------
+    def _align(self, server_round: int, table: np.ndarray) -> None:
+        """Train ``E_AE`` towards the frozen aggregated item table (MSE)."""
+        import torch
+
+        from server_tasks.autoencoder import align_encoder
+
+        start = time.perf_counter()
+        history = align_encoder(self.autoencoder, self._x,
+                                torch.as_tensor(table, dtype=torch.float32),
+                                epochs=self.settings.align_epochs, lr=self.settings.ae_lr,
+                                seed=self.seed + server_round)
+        self._summary["alignments"] += 1
+        self._info.update({"align-mse": history[-1],
+                           "align-seconds": time.perf_counter() - start})
+
+    def _revise(self, server_round: int, table: np.ndarray, counts: np.ndarray | None) -> None:
+        """Ask the backend for the initial (``counts=None``) or revised prototype set."""
+        start = time.perf_counter()
+        result = self.manager.update(
+            server_round, counts=counts,
+            item_embeddings=table if self.settings.sampler == "cluster" else None)
+        if result.vectors is None:  # pragma: no cover - both backends give vectors here
+            raise RuntimeError("prototype backend produced no vectors")
+        seconds = time.perf_counter() - start
+        previous = self.names
+        self.names, self.vectors, self._source = list(result.names), result.vectors, result.source
+        self._pending = np.zeros(len(self.names), dtype=np.int64)
+        if server_round > 0:
+            self._summary["prototype-updates"] += 1
+            self._info.update({"prototype-update": result.source,
+                               "prototype-seconds": seconds})
+        self._summary["prototype-seconds"] += seconds
+        self._write({"round": server_round, "event": "update" if server_round else "initial",
+                     "names": self.names, "source": result.source, "previous": previous,
+                     "counts": None if counts is None else [int(c) for c in counts],
+                     "seconds": round(seconds, 3)})
+        log(INFO, "fedsllm: round %d prototypes (%s, %.1fs): %s", server_round, result.source,
+            seconds, ", ".join(self.names))
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / "prototypes.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"sampler": self.settings.sampler, **record},
+                                ensure_ascii=False) + "\n")
+
+
+def _encoder_tag(text_encoder: str) -> str:
+    """Cache tag of the ``fedsllm-text-encoder`` value (shared with GFMFR's text cache tags)."""
+    from server_tasks.encoders import EncoderConfig
+
+    return EncoderConfig(text_model=text_encoder or None).encoder_tag("text")

@@ -1,0 +1,597 @@
+"""GFMFR strategy: group-wise multimodal fusion on the server, distillation on the clients.
+
+Zhang et al., "Multimodal-enhanced Federated Recommendation: A Group-wise Fusion Approach",
+WWW 2026 (arXiv:2509.19955). After the backbone's usual aggregation, each round the server
+
+1. clusters the participating clients into ``g`` groups by their prediction functions ``P_u``
+   (:class:`~server_tasks.clustering.GroupTracker`: group identities stay stable across rounds);
+2. forms each group's target ``C_l``, the mean item table its members uploaded (weighted like
+   the backbone's aggregation: by ``num-examples``, or per item for ``aggregation="itemwise"``);
+3. trains the group embedding ``E_G`` and the fusion module ``S_phi`` on
+   ``MSE(Q_l, C_l)``, ``Q_l = S_phi({E_m}, E_G[l])``, where ``E_m`` are frozen item-modality
+   tables (text: MiniLM on title + genres + year; kg: knowledge graph + genres + year;
+   image: EfficientNet-Lite0) encoded once at start-up and cached on disk;
+4. builds the group preference ``E_M_l = P̄_l(Q_l)`` with ``P̄_l`` the members' averaged
+   prediction function, and sends it with the next train message of every client of group
+   ``l`` (a client's group is the one of its latest participation);
+5. the client (:mod:`clients.gfmfr`) adds ``lambda * KL(E_M_l || own prediction)`` on its
+   batch items to its BCE loss; ``lambda`` comes from a server-side schedule
+   (:mod:`server_tasks.lambda_schedules`) fed by the clients' reported losses.
+
+Message contract (for another Flower project's ClientApp; on top of
+:mod:`strategies.base`):
+
+* **train message** — ``"arrays"`` and ``"config"`` as the base strategy; ``"config"`` also
+  holds ``gfmfr-lambda`` (float, the distillation weight of this round). Clients that belong
+  to a group get one more ArrayRecord ``"gfmfr"``:
+
+  - server mode (backbone scorer without a user embedding: PFedRec, FedRAP):
+    ``"preference"`` float32 ``(N, 2)``, rows ``[1 - p, p]`` = ``E_M_l`` of the client's group;
+  - client mode (scorer with a private user embedding: FedMF, FedNCF, FedPerGNN):
+    ``"features"`` float16 ``(N, d)`` = ``Q_l`` and ``"scorer/<key>"`` float32 = the group
+    average of each shared scorer parameter (e.g. ``scorer/mlp.0.weight``); the client
+    computes ``E_M_l`` with its own user embedding.
+
+  A client that has never been sampled has no group yet: its first train message has no
+  ``"gfmfr"`` record (no distillation); its first upload assigns it to a group (it takes part
+  in that round's clustering), and from its next sampling on it receives its group's signal.
+* **train reply** — as the base strategy, plus: server mode: ArrayRecord ``"extras"`` with
+  ``"scorer/<key>"`` for every private scorer key (the personalised score function
+  ``P_u`` after local training, e.g. ``scorer/score_fn.weight`` ``(1, d)`` and
+  ``scorer/score_fn.bias`` ``(1,)``: uploading it is what GFMFR requires by design);
+  client mode: nothing extra (clustering uses the shared parameters already uploaded).
+  ``"metrics"`` adds ``rec-loss`` (float, mean batch BCE) and, when the message carried
+  ``"gfmfr"``, ``dis-loss`` (float, mean batch KL); ``user`` (int partition id) names the
+  client in ``groups.jsonl``.
+
+Outputs in the run directory: ``groups.jsonl`` (one line per round:
+``{"round": r, "groups": {"<partition id>": group}}``), ``group_dynamics.png`` (written by
+:meth:`GFMFR.finish`), and per-round ``gfmfr-*`` fields in ``rounds.jsonl`` (seconds of
+clustering / fusion training / preference building, fusion loss, group sizes, lambda,
+mean rec/dis losses).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from logging import INFO
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from clients.base import resolve_device
+from clients.gfmfr import (DIS_LOSS, FEATURES, LAMBDA_KEY, PAYLOAD, PREFERENCE, REC_LOSS,
+                           SCORER_PREFIX, ScorerPlan, scorer_plan)
+from fedmm.config import ConfigError
+from fedmm.models.base import FedRecModel
+from server_tasks.clustering import METHODS as CLUSTER_METHODS
+from server_tasks.clustering import GroupTracker
+from server_tasks.encoders import MODALITIES, EncoderConfig, cached_modalities
+from server_tasks.fusion import FUSION_KINDS, fuse, group_targets, make_fusion, train_fusion
+from server_tasks.group_pref import average_state, group_preference
+from server_tasks.lambda_schedules import SCHEDULES, make_schedule
+from strategies.aggregation import ReplyError
+from strategies.base import (ARRAYS, EXTRAS, ITEM_TABLE_KEY, METRICS, FedRecStrategy,
+                             arrays_to_dict, dict_to_arrays)
+
+#: Prefix of this method's run-config keys.
+KEY_PREFIX = "gfmfr-"
+
+
+@dataclass(frozen=True)
+class GFMFRConfig:
+    """GFMFR's run-config section, typed. Field ``foo_bar`` is the key ``gfmfr-foo-bar``
+    (``lambda_`` is ``gfmfr-lambda``); defaults and one-line docs live in ``pyproject.toml``.
+    """
+
+    #: Every run-config key this section reads (set below the class from the fields).
+    KEYS: ClassVar[tuple[str, ...]] = ()
+
+    groups: int
+    cluster: str
+    fusion: str
+    modalities: tuple[str, ...]
+    text_encoder: str
+    image_encoder: str
+    kg_dim: int
+    group_dim: int
+    hidden: int
+    epochs: int
+    lr: float
+    lambda_: float
+    lambda_schedule: str
+    lambda_beta: float
+    lambda_ramp: int
+    lambda_max: float
+    plot_users: int
+
+    @staticmethod
+    def key(field_name: str) -> str:
+        """Run-config key of a field (``lambda_schedule`` -> ``gfmfr-lambda-schedule``)."""
+        return KEY_PREFIX + field_name.rstrip("_").replace("_", "-")
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """Every run-config key this section reads."""
+        return [cls.key(f.name) for f in fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> "GFMFRConfig":
+        """Read and check the ``gfmfr-*`` keys of a run config (once, at the entry point).
+
+        Raises
+        ------
+        ConfigError
+            A key is missing, cannot be cast, or is out of range (the message names it).
+        """
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = cls.key(f.name)
+            if key not in cfg:
+                raise ConfigError(f"run-config key '{key}' is missing; declare it in pyproject.toml "
+                                  f"[tool.flwr.app.config] or pass it with --run-config \"{key}=...\"")
+            raw = cfg[key]
+            try:
+                if f.name == "modalities":
+                    values[f.name] = tuple(dict.fromkeys(
+                        m.strip().lower() for m in str(raw).split(",") if m.strip()))
+                elif f.type == "int":
+                    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                        raise ValueError(raw)
+                    values[f.name] = int(raw)
+                elif f.type == "float":
+                    if isinstance(raw, bool):
+                        raise ValueError(raw)
+                    values[f.name] = float(raw)
+                else:
+                    values[f.name] = str(raw).strip()
+            except (TypeError, ValueError):
+                raise ConfigError(f"run-config key '{key}' = {raw!r} is not a valid "
+                                  f"{'comma-separated list' if f.name == 'modalities' else f.type}") from None
+        out = cls(**values)
+        out.check()
+        return out
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` naming the key when a value is out of range."""
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"run-config key '{self.key(name)}' = {getattr(self, name)!r}: {why}")
+
+        for name in ("groups", "kg_dim", "group_dim", "hidden", "epochs", "lambda_ramp",
+                     "plot_users"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be >= 1")
+        if self.cluster not in CLUSTER_METHODS:
+            raise bad("cluster", f"choose one of {list(CLUSTER_METHODS)}")
+        if self.fusion not in FUSION_KINDS:
+            raise bad("fusion", f"choose one of {list(FUSION_KINDS)}")
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if not self.modalities or unknown:
+            raise bad("modalities", f"give a comma-separated subset of {list(MODALITIES)}, "
+                                    f"e.g. \"text,kg\"")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise bad("lr", "must be > 0")
+        if not (self.lambda_ >= 0 and math.isfinite(self.lambda_)):
+            raise bad("lambda_", "must be finite and >= 0")
+        if not 0.0 <= self.lambda_beta < 1.0:
+            raise bad("lambda_beta", "must be in [0, 1)")
+        if not self.lambda_max > 0:
+            raise bad("lambda_max", "must be > 0")
+        try:
+            self.make_schedule()
+        except ValueError as exc:
+            raise bad("lambda_schedule", f"{exc}") from None
+
+    def make_schedule(self):
+        """The lambda schedule: ``schedule(round, rec_loss, dis_loss, prev_lambda) -> float``."""
+        kind = type(make_schedule(self.lambda_schedule))
+        params = {"base": self.lambda_, "max_value": self.lambda_max, "beta": self.lambda_beta,
+                  "ramp_rounds": self.lambda_ramp}
+        accepted = {f.name for f in fields(kind)}
+        return make_schedule(self.lambda_schedule,
+                             **{k: v for k, v in params.items() if k in accepted})
+
+    def schedule_name(self) -> str:
+        """Canonical name of the lambda schedule (e.g. ``"smooth_progressive"``)."""
+        kind = type(make_schedule(self.lambda_schedule))
+        return next(name for name, cls in SCHEDULES.items() if cls is kind)
+
+
+GFMFRConfig.KEYS = tuple(GFMFRConfig.keys())
+
+
+# ------------------------------------------------------------------------------------------
+# item modalities
+# ------------------------------------------------------------------------------------------
+def text_view(items: pd.DataFrame) -> pd.DataFrame:
+    """Items whose text modality reads ``title. genres. released YEAR. description``.
+
+    :func:`server_tasks.encoders.item_texts` embeds ``title. description``; this copy puts the
+    genres and the release year in front of the description (MovieLens has no description).
+
+    Parameters
+    ----------
+    items : pandas.DataFrame
+        ``title, year, genres, description, image`` per item, internal order.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy with ``description`` replaced.
+    """
+    def describe(genres, year, desc) -> str:
+        parts = []
+        if isinstance(genres, str) and genres.strip():
+            parts.append(", ".join(g.strip() for g in genres.split("|") if g.strip()))
+        try:
+            y = float(year)
+        except (TypeError, ValueError):
+            y = float("nan")
+        if math.isfinite(y) and y > 0:
+            parts.append(f"Released {int(y)}")
+        if isinstance(desc, str) and desc.strip():
+            parts.append(desc.strip())
+        return ". ".join(parts)
+
+    out = items.copy()
+    out["description"] = [describe(g, y, d) for g, y, d in
+                          zip(items["genres"], items["year"], items["description"])]
+    return out
+
+
+def _unavailable(modality: str, items: pd.DataFrame, kg: pd.DataFrame | None) -> str:
+    """Why ``modality`` cannot be built from this dataset ("" when it can)."""
+    def any_text(col: str) -> bool:
+        return bool(items[col].fillna("").astype(str).str.strip().ne("").any())
+
+    if modality == "image" and not any_text("image"):
+        return "the dataset has no item images"
+    if modality == "text" and not (any_text("title") or any_text("description")):
+        return "the dataset has no item titles or descriptions"
+    if modality == "kg" and kg is None and not any_text("genres") and not items["year"].notna().any():
+        return "the dataset has no knowledge graph, genres or years"
+    return ""
+
+
+def item_modalities(dataset_key: str, items: pd.DataFrame, kg: pd.DataFrame | None,
+                    settings: GFMFRConfig, cache_dir: str | Path, seed: int = 0,
+                    device: str = "cpu") -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
+                                                  dict[str, str]]:
+    """Encode (or read from cache) the requested modalities the dataset has.
+
+    Parameters
+    ----------
+    dataset_key : str
+        Dataset name of the run config (part of the cache key).
+    items : pandas.DataFrame
+        Item side information, internal order (``fedmm.data.split.ItemSide.items``).
+    kg : pandas.DataFrame or None
+        Knowledge-graph triples with internal item indices.
+    settings : GFMFRConfig
+    cache_dir : str or os.PathLike
+        Root of the modality cache.
+    seed : int, default 0
+        Seed of the KG/metadata SVD.
+    device : str, default "cpu"
+
+    Returns
+    -------
+    tables : dict
+        ``modality -> (features float32 (N, d_m), mask bool (N,))`` of the modalities used.
+    notes : dict
+        ``modality -> reason`` for every requested modality that was dropped or degraded.
+
+    Raises
+    ------
+    ConfigError
+        No requested modality is available (names ``gfmfr-modalities``).
+    """
+    notes: dict[str, str] = {}
+    usable = []
+    for m in settings.modalities:
+        why = _unavailable(m, items, kg)
+        if why:
+            notes[m] = f"dropped: {why}"
+            log(INFO, "gfmfr: modality '%s' dropped: %s", m, why)
+        else:
+            usable.append(m)
+    if "kg" in usable and kg is None:
+        notes["kg"] = "no knowledge graph: genres and release year only"
+        log(INFO, "gfmfr: modality 'kg' has no knowledge graph for %s; genres and year only",
+            dataset_key)
+    encoders = EncoderConfig(text_model=settings.text_encoder or None,
+                             image_model=settings.image_encoder or None,
+                             kg_dim=settings.kg_dim, seed=seed, device=device)
+    tables = cached_modalities(dataset_key, text_view(items), kg, usable, encoders, cache_dir) \
+        if usable else {}
+    for m in list(tables):
+        if not tables[m][1].any():
+            notes[m] = "dropped: missing for every item"
+            log(INFO, "gfmfr: modality '%s' dropped: missing for every item", m)
+            del tables[m]
+    if not tables:
+        raise ConfigError(f"run-config key 'gfmfr-modalities' = {','.join(settings.modalities)!r}: "
+                          f"none is available for dataset {dataset_key!r} ({notes}); add one the "
+                          f"dataset has (text needs titles, kg needs a KG, genres or years)")
+    return tables, notes
+
+
+# ------------------------------------------------------------------------------------------
+# strategy
+# ------------------------------------------------------------------------------------------
+class GFMFR(FedRecStrategy):
+    """The base federated-recommendation strategy plus GFMFR's server side.
+
+    Overrides the hooks ``train_payload``, ``server_update``, ``round_info``, ``finish`` and
+    ``configure_train`` (only to add ``gfmfr-lambda`` to the config, then ``super()``).
+
+    Parameters
+    ----------
+    settings : GFMFRConfig
+    modalities : mapping of str to (numpy.ndarray, numpy.ndarray)
+        ``modality -> (features float32 (N, d_m), mask bool (N,))``.
+    model : FedRecModel
+        A backbone instance (the server's copy): its ``score_vectors`` applies ``P̄_l``
+        in server mode; its key lists define what is clustered.
+    run_dir : pathlib.Path or None, default None
+        Where ``groups.jsonl`` and ``group_dynamics.png`` go (``None``: not written).
+    device : str, default "cpu"
+        Device of the fusion module.
+    modality_notes : mapping of str to str or None
+        Dropped/degraded modalities and why (reported in ``final.json``).
+    encode_seconds : float, default 0.0
+        Time spent encoding modalities at start-up (reported).
+    **kwargs
+        Keyword arguments of :class:`~strategies.base.FedRecStrategy` (``seed`` seeds the
+        fusion module and the clustering).
+    """
+
+    def __init__(self, *, settings: GFMFRConfig,
+                 modalities: Mapping[str, tuple[np.ndarray, np.ndarray]], model: FedRecModel,
+                 run_dir: Path | None = None, device: str = "cpu",
+                 modality_notes: Mapping[str, str] | None = None, encode_seconds: float = 0.0,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        seed = int(kwargs.get("seed", 0))
+        self.settings = settings
+        self.plan: ScorerPlan = scorer_plan(model)
+        self.num_items, self.dim = model.num_items, model.dim
+        self.num_groups = 1 if settings.cluster == "single" else settings.groups
+        self.tracker = GroupTracker(self.num_groups, settings.cluster, seed=seed)
+        self.device = resolve_device(device)
+        for m, (feats, mask) in modalities.items():
+            if feats.ndim != 2 or feats.shape[0] != self.num_items or mask.shape != (self.num_items,):
+                raise ValueError(f"modality '{m}' has features {feats.shape} and mask {mask.shape}; "
+                                 f"expected ({self.num_items}, d) and ({self.num_items},)")
+        self._mods = {m: torch.as_tensor(f, dtype=torch.float32, device=self.device)
+                      for m, (f, _) in modalities.items()}
+        self._masks = {m: torch.as_tensor(k, dtype=torch.bool, device=self.device)
+                       for m, (_, k) in modalities.items()}
+        self.fusion = make_fusion(settings.fusion, {m: int(f.shape[1]) for m, f in self._mods.items()},
+                                  self.num_groups, self.dim, settings.group_dim, settings.hidden,
+                                  seed=seed).to(self.device)
+        self._opt = torch.optim.Adam(self.fusion.parameters(), lr=settings.lr)
+        self.schedule = settings.make_schedule()
+        self._scorer = copy.deepcopy(model).cpu().eval().requires_grad_(False)
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.modality_notes = dict(modality_notes or {})
+        self.encode_seconds = float(encode_seconds)
+        self._user_of_node: dict[int, int] = {}
+        self._group_of_user: dict[int, int] = {}
+        self._pbar: dict[int, dict[str, torch.Tensor]] = {}   # group -> averaged scorer state
+        self._signals: dict[int, ArrayRecord] = {}            # group -> payload record
+        self._sent_items: np.ndarray | None = None
+        self._losses: tuple[float | None, float | None] = (None, None)
+        self._lambda: float | None = None
+        self._info: dict[str, Any] = {}
+        self._seconds: list[float] = []
+
+    @classmethod
+    def build(cls, common: Mapping[str, Any], cfg, run_config: Mapping[str, Any], data: Any,
+              run_dir: Path | None, model: FedRecModel) -> "GFMFR":
+        """Read the ``gfmfr-*`` keys once, encode the item modalities, build the strategy.
+
+        Parameters
+        ----------
+        common : mapping
+            Base-strategy keyword arguments (see :func:`strategies.factory.build_strategy`).
+        cfg : fedmm.config.RunConfig
+        run_config : mapping
+            The raw run config (``gfmfr-*`` keys are read from it).
+        data : fedmm.data.split.FederatedData
+        run_dir : pathlib.Path or None
+        model : FedRecModel
+        """
+        from fedmm.data.split import default_cache_dir, load_item_side
+
+        settings = GFMFRConfig.from_mapping(run_config)
+        t = time.perf_counter()
+        side = load_item_side(cfg.dataset, cfg.rating_threshold, cfg.min_interactions, cfg.cache_dir)
+        if len(side.items) != data.num_items:
+            raise ValueError(f"item side information has {len(side.items)} rows but the split has "
+                             f"{data.num_items} items; delete the stale cache under "
+                             f"{cfg.cache_dir or default_cache_dir()}/splits")
+        cache = Path(cfg.cache_dir or default_cache_dir()) / "modalities"
+        tables, notes = item_modalities(cfg.dataset, side.items, side.kg, settings, cache,
+                                        seed=cfg.seed, device=cfg.device)
+        seconds = time.perf_counter() - t
+        log(INFO, "gfmfr: modalities %s (%.1fs to encode or load from %s)",
+            {m: f.shape[1] for m, (f, _) in tables.items()}, seconds, cache)
+        return cls(settings=settings, modalities=tables, model=model, run_dir=run_dir,
+                   device=cfg.device, modality_notes=notes, encode_seconds=seconds, **common)
+
+    # ----- hooks ------------------------------------------------------------------------------
+    def summary(self) -> None:
+        super().summary()
+        log(INFO, "\t├──> gfmfr: %d groups (%s), fusion %s over %s, lambda %s (base %g), "
+            "scorer mode %s", self.num_groups, self.settings.cluster, self.settings.fusion,
+            sorted(self._mods), self.settings.schedule_name(), self.settings.lambda_, self.plan.mode)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid):
+        """Add this round's ``gfmfr-lambda`` to the config, then the base ``configure_train``."""
+        rec, dis = self._losses
+        self._lambda = float(self.schedule(server_round, rec, dis, self._lambda))
+        self._info = {"gfmfr-lambda": self._lambda}
+        if self.plan.mode == "client" and not self.plan.shared:
+            self._sent_items = arrays[ITEM_TABLE_KEY].numpy()
+        config = ConfigRecord({**dict(config), LAMBDA_KEY: self._lambda})
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def train_payload(self, server_round: int, node_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """``{"gfmfr": record of the node's group}`` for nodes that have a group."""
+        payload = {}
+        for nid in node_ids:
+            group = self._group_of_user.get(self._user_of_node.get(nid, -1))
+            if group is not None and group in self._signals:
+                payload[nid] = {PAYLOAD: self._signals[group]}
+        self._info["gfmfr-signalled"] = len(payload)
+        return payload
+
+    def server_update(self, server_round: int, replies: list[Message],
+                      arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Cluster, fit the fusion module, rebuild the group signals; ``arrays`` unchanged."""
+        t0 = time.perf_counter()
+        users, weights, tables, vectors, scorers, counts, rec, dis = self._parse(replies)
+        labels = self.tracker.update(server_round, users, vectors)
+        for user, label in zip(users, labels):
+            self._group_of_user[user] = int(label)
+        self._log_groups(server_round)
+        t1 = time.perf_counter()
+
+        item_weights = np.stack(counts) if counts else np.asarray(weights)
+        targets = torch.as_tensor(group_targets(tables, labels, item_weights, self.num_groups),
+                                  device=self.device)
+        active = sorted({int(l) for l in labels})
+        history = train_fusion(self.fusion, self._mods, self._masks, targets, active,
+                               epochs=self.settings.epochs, optimizer=self._opt)
+        t2 = time.perf_counter()
+
+        for l in active:
+            members = np.flatnonzero(labels == l)
+            self._pbar[l] = average_state([scorers[i] for i in members],
+                                          [weights[i] for i in members])
+        q = fuse(self.fusion, self._mods, self._masks).cpu()   # (g, N, d)
+        for l, pbar in self._pbar.items():
+            self._signals[l] = self._signal(q[l], pbar)
+        t3 = time.perf_counter()
+
+        self._losses = (float(np.mean(rec)) if rec else None, float(np.mean(dis)) if dis else None)
+        sizes = np.bincount(labels, minlength=self.num_groups).tolist()
+        self._seconds.append(t3 - t0)
+        self._info.update({
+            "gfmfr-seconds": t3 - t0, "gfmfr-cluster-seconds": t1 - t0,
+            "gfmfr-fusion-seconds": t2 - t1, "gfmfr-preference-seconds": t3 - t2,
+            "gfmfr-fusion-loss": history[-1],
+            "gfmfr-group-sizes": sizes, "gfmfr-distilled": len(dis),
+        })
+        # Means over the clients that distilled (all clients' rec-loss before anyone did);
+        # a loss nobody reported is left out, never written as NaN.
+        for key, value in zip(("gfmfr-rec-loss", "gfmfr-dis-loss"), self._losses):
+            if value is not None:
+                self._info[key] = value
+        return arrays
+
+    def round_info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def finish(self) -> dict[str, Any]:
+        """Write ``group_dynamics.png``; return the ``"gfmfr"`` block of ``final.json``."""
+        if self.run_dir is not None and self.tracker.assignments:
+            from server_tasks.plots import plot_group_dynamics
+
+            plot_group_dynamics(self.tracker.assignments, self.run_dir / "group_dynamics.png",
+                                n_users=self.settings.plot_users, seed=self.tracker.seed)
+        return {"gfmfr": {
+            "modalities": {m: int(f.shape[1]) for m, f in self._mods.items()},
+            "modality-notes": self.modality_notes,
+            "groups": self.num_groups, "cluster": self.settings.cluster,
+            "fusion": self.settings.fusion, "lambda-schedule": self.settings.schedule_name(),
+            "scorer-mode": self.plan.mode, "uploaded-scorer-keys": list(self.plan.upload),
+            "encode-seconds": self.encode_seconds,
+            "mean-server-seconds": float(np.mean(self._seconds)) if self._seconds else 0.0,
+            "settings": {k: (list(v) if isinstance(v, tuple) else v)
+                         for k, v in zip(GFMFRConfig.keys(), asdict(self.settings).values())},
+        }}
+
+    # ----- helpers ----------------------------------------------------------------------------
+    def _parse(self, replies: list[Message]):
+        """Per reply: user, weight, item table, clustering vector ``P_u``, scorer state, item
+        counts (item-wise aggregation only), rec-loss, dis-loss (where reported)."""
+        users, weights, tables, vectors, scorers, counts, rec, dis = [], [], [], [], [], [], [], []
+        rec_all: list[float] = []
+        for m in replies:
+            src = m.metadata.src_node_id
+            metrics = dict(m.content[METRICS])
+            if not isinstance(metrics.get("user"), (int, float)):
+                raise ReplyError(f"reply from node {src}: GFMFR needs the metric 'user' "
+                                 f"(partition id) to track groups")
+            user = int(metrics["user"])
+            self._user_of_node[src] = user
+            users.append(user)
+            weights.append(float(metrics["num-examples"]))
+            state = arrays_to_dict(m.content[ARRAYS])
+            tables.append(state[ITEM_TABLE_KEY])
+            extras = arrays_to_dict(m.content[EXTRAS]) if EXTRAS in m.content.array_records else {}
+            if self.aggregation == "itemwise":
+                counts.append(extras["item-counts"])
+            scorer = {}
+            for k in self.plan.upload:
+                if SCORER_PREFIX + k not in extras:
+                    raise ReplyError(f"reply from node {src}: GFMFR ({self.plan.mode} mode) needs "
+                                     f"ArrayRecord '{EXTRAS}' with '{SCORER_PREFIX}{k}' (the trained "
+                                     f"prediction function P_u); got {sorted(extras)}")
+                scorer[k] = extras[SCORER_PREFIX + k]
+            for k in self.plan.shared:
+                scorer[k] = state[k]
+            for k, ref in self._scorer.state_dict().items():
+                if k in scorer and tuple(scorer[k].shape) != tuple(ref.shape):
+                    raise ReplyError(f"reply from node {src}: '{SCORER_PREFIX}{k}' has shape "
+                                     f"{scorer[k].shape}, expected {tuple(ref.shape)}")
+            if scorer:
+                vec = np.concatenate([np.asarray(scorer[k], np.float64).ravel() for k in sorted(scorer)])
+            else:  # FedMF: no shared scorer part; the item-table update is uploaded anyway
+                vec = (np.asarray(state[ITEM_TABLE_KEY], np.float64)
+                       - np.asarray(self._sent_items, np.float64)).ravel()
+            vectors.append(vec)
+            scorers.append({k: torch.as_tensor(v) for k, v in scorer.items()})
+            if not isinstance(metrics.get(REC_LOSS), (int, float)):
+                raise ReplyError(f"reply from node {src}: GFMFR needs the metric '{REC_LOSS}' "
+                                 f"(mean batch BCE) for its lambda schedule")
+            rec_all.append(float(metrics[REC_LOSS]))
+            if isinstance(metrics.get(DIS_LOSS), (int, float)):
+                dis.append(float(metrics[DIS_LOSS]))
+                rec.append(float(metrics[REC_LOSS]))
+        if not dis:  # nobody distilled yet: rec-loss of everyone, dis unknown
+            rec = rec_all
+        return users, weights, tables, np.stack(vectors), scorers, counts, rec, dis
+
+    def _signal(self, q_l: torch.Tensor, pbar: dict[str, torch.Tensor]) -> ArrayRecord:
+        """The ``"gfmfr"`` record of one group (server mode: ``E_M_l``; client mode: ``Q_l``
+        and the averaged shared scorer parts)."""
+        if self.plan.mode == "server":
+            self._scorer.load_state_dict(pbar, strict=False)
+            pref = group_preference(q_l, self._scorer.score_vectors)
+            return dict_to_arrays({PREFERENCE: pref})
+        out = {FEATURES: q_l.numpy().astype(np.float16)}
+        out.update({SCORER_PREFIX + k: v.numpy().astype(np.float32) for k, v in pbar.items()})
+        return dict_to_arrays(out)
+
+    def _log_groups(self, server_round: int) -> None:
+        if self.run_dir is None:
+            return
+        line = {"round": int(server_round),
+                "groups": {str(u): int(g) for u, g in
+                           sorted(self.tracker.assignments[int(server_round)].items())}}
+        with open(self.run_dir / "groups.jsonl", "a") as fh:
+            fh.write(json.dumps(line) + "\n")

@@ -1,0 +1,554 @@
+"""FedSLLM strategy and client: config, pre-training, payloads, counts, selection, end to end.
+
+Strategy hooks are driven with real ``flwr.app.Message`` objects (train messages from
+``configure_train``, replies built with ``Message(content, reply_to=msg)``) and a node-id
+stub instead of a Grid; the LLM is a scripted ``ChatLLM`` and the text encoder a deterministic
+bag-of-words hash, so nothing heavy loads here. One end-to-end run goes through Flower's real
+simulation engine with a local OpenAI-compatible HTTP server standing in for the LLM.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+from clients.base import FedRecClient, LocalSettings
+from clients.fedsllm import FedSLLMClient
+from clients.selection import budget, select_samples
+from e2e_util import finals, run_app
+from fedmm.config import ConfigError, load_app_config
+from fedmm.data.split import UserData
+from fedmm.models import build_model
+from server_tasks.prototypes import (ChatLLM, ClusterPrototypes, OpenAICompatible,
+                                     TransformersLLM, cosine_similarity_matrix)
+from strategies.aggregation import ReplyError
+from strategies.base import ITEM_TABLE_KEY, arrays_to_dict, dict_to_arrays
+from strategies.fedsllm import (FedSLLM, FedSLLMConfig, fedsllm_item_texts, item_noun_for,
+                                make_generator, parse_llm_spec, sum_prototype_counts)
+
+ROOT = Path(__file__).resolve().parents[1]
+DIM = 8
+GENRES = ["Action|Adventure", "Comedy|Romance", "Drama|War", "Animation|Children's", "unknown"]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models on 2 shared cores: one intra-op thread avoids oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _serverapp_identity(monkeypatch):
+    """Messages need the task identity that Flower's ServerApp runtime sets before ``main``
+    (flwr/superlink/runtime/run_serverapp.py); set it as the SuperLink's, restored after."""
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+
+
+def _defaults() -> dict:
+    return load_app_config(ROOT / "pyproject.toml")
+
+
+def _settings(**overrides) -> FedSLLMConfig:
+    cfg = _defaults()
+    cfg.update({"fedsllm-ae-epochs": 5, "fedsllm-align-epochs": 3, "fedsllm-max-prototypes": 4})
+    cfg.update({f"fedsllm-{k.replace('_', '-')}": v for k, v in overrides.items()})
+    return FedSLLMConfig.from_mapping(cfg)
+
+
+def _items(n: int = 20) -> pd.DataFrame:
+    return pd.DataFrame({
+        "title": [f"Film {i}" for i in range(n)],
+        "year": [1990.0 + i % 7 if i % 5 else np.nan for i in range(n)],
+        "genres": [GENRES[i % len(GENRES)] for i in range(n)],
+        "description": ["" if i % 2 else f"story number {i}" for i in range(n)],
+        "image": [""] * n,
+    })
+
+
+class CountingEncoder:
+    """Deterministic text encoder: hashed bag of words, 16-d, unit norm. Counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(len(texts))
+        out = np.zeros((len(texts), 16), dtype=np.float32)
+        for r, text in enumerate(texts):
+            for word in text.lower().replace(",", " ").replace(".", " ").split():
+                h = int(hashlib.sha1(word.encode()).hexdigest(), 16)
+                out[r, h % 16] += 1.0 if (h >> 8) % 2 else -1.0
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+
+
+class ScriptedLLM(ChatLLM):
+    """ChatLLM test double: answers in turn; fails the test if asked once too often."""
+
+    name = "scripted"
+
+    def __init__(self, answers: list[str]) -> None:
+        self.answers = list(answers)
+        self.prompts: list[str] = []
+
+    def complete(self, prompt, system=None):
+        self.prompts.append(prompt)
+        if not self.answers:
+            raise AssertionError(f"LLM called once too often with: {prompt[:80]!r}")
+        return self.answers.pop(0)
+
+
+class Nodes:
+    """Stands in for a Grid in ``configure_train`` (the only call it makes)."""
+
+    def __init__(self, ids) -> None:
+        self.ids = list(ids)
+
+    def get_node_ids(self):
+        return self.ids
+
+
+FIRST = "1. Action adventure\n2. Romantic comedy\n3. War drama"
+SECOND = "1. Action adventure\n2. Family animation\n3. War drama\n4. Crime thriller"
+
+
+def _strategy(tmp_path: Path, sampler: str = "fedsllm", answers=(FIRST, SECOND),
+              num_rounds: int = 4, encoder: CountingEncoder | None = None, **overrides):
+    settings = _settings(sampler=sampler, **overrides)
+    llm = ScriptedLLM(list(answers)) if sampler == "fedsllm" else None
+    strategy = FedSLLM(settings=settings, items=_items(), dataset_key="grouplens:/x",
+                       cache_dir=tmp_path / "cache", run_dir=tmp_path / "run", generator=llm,
+                       encode_fn=encoder or CountingEncoder(), seed=0, num_rounds=num_rounds,
+                       fraction_train=0.5, eval_every=2, min_available_nodes=1)
+    return strategy, llm
+
+
+def _initial_table(n: int = 20) -> dict[str, np.ndarray]:
+    return {ITEM_TABLE_KEY: np.random.default_rng(0).normal(size=(n, DIM)).astype(np.float32)}
+
+
+def _reply(msg: Message, table: np.ndarray, counts=None, ms: float = 2.0,
+           examples: int = 10) -> Message:
+    content = RecordDict({
+        "arrays": dict_to_arrays({ITEM_TABLE_KEY: table}),
+        "metrics": MetricRecord({"num-examples": examples, "train-loss": 0.5,
+                                 "selection-ms": ms}),
+    })
+    if counts is not None:
+        content["extras"] = dict_to_arrays({"prototype-counts": np.asarray(counts, dtype=np.int64)})
+    return Message(content=content, reply_to=msg)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ----- configuration ------------------------------------------------------------------------
+def test_every_declared_key_is_read_and_defaults_parse():
+    cfg = _defaults()
+    declared = sorted(k for k in cfg if k.startswith("fedsllm-"))
+    assert declared == sorted(FedSLLMConfig.keys()) == sorted(FedSLLMConfig.KEYS)
+    s = FedSLLMConfig.from_mapping(cfg)
+    assert (s.sampler, s.fraction, s.llm) == ("fedsllm", 0.1, "smollm2")
+    assert s.uses_prototypes and s.uses_autoencoder
+    assert not _settings(sampler="entropy").uses_autoencoder
+    assert _settings(sampler="entropy", ae_init_baselines="true").uses_autoencoder
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("fedsllm-sampler", "entropyy", "choose one of"),
+    ("fedsllm-fraction", 0.0, r"\(0, 1\]"),
+    ("fedsllm-fraction", 1.5, r"\(0, 1\]"),
+    ("fedsllm-fraction", "lots", "not a valid float"),
+    ("fedsllm-eps", 0.0, "> 0"),
+    ("fedsllm-max-prototypes", 1, ">= 2"),
+    ("fedsllm-max-prototypes", 2.5, "not a valid int"),
+    ("fedsllm-proto-update-every", 0, ">= 1"),
+    ("fedsllm-align-every", -1, "0 = never"),
+    ("fedsllm-ae-init-baselines", "yes", "not a valid bool"),
+    ("fedsllm-llm", "openai:localhost:8000", "openai:<base_url>:<model>"),
+    ("fedsllm-llm-max-tokens", 5000, "<= 2048"),
+])
+def test_config_errors_name_the_key(key, value, match):
+    cfg = {**_defaults(), key: value}
+    with pytest.raises(ConfigError, match=f"'{key}'.*{match}"):
+        FedSLLMConfig.from_mapping(cfg)
+
+
+def test_missing_key_is_named():
+    cfg = _defaults()
+    del cfg["fedsllm-eps"]
+    with pytest.raises(ConfigError, match="'fedsllm-eps' is missing"):
+        FedSLLMConfig.from_mapping(cfg)
+
+
+def test_llm_spec_and_backends_without_loading(tmp_path):
+    assert parse_llm_spec("smollm2").kind == "transformers" and parse_llm_spec("").model is None
+    spec = parse_llm_spec("openai:http://127.0.0.1:8000/v1:qwen2.5:7b")
+    assert (spec.kind, spec.base_url, spec.model) == ("openai", "http://127.0.0.1:8000/v1",
+                                                      "qwen2.5:7b")
+    gguf = parse_llm_spec(str(tmp_path / "m" / "model.Q4.gguf"))
+    assert (gguf.model, gguf.gguf_file) == (str(tmp_path / "m"), "model.Q4.gguf")
+    assert parse_llm_spec("HuggingFaceTB/SmolLM2-360M-Instruct").model == \
+        "HuggingFaceTB/SmolLM2-360M-Instruct"
+    llm = make_generator(_settings(), seed=3, device="cpu")
+    assert isinstance(llm, TransformersLLM) and llm.model is None and llm.seed == 3
+    api = make_generator(_settings(llm="openai:https://api.example.org:gpt-x",
+                                   api_key_env="MY_KEY"), seed=0, device="cpu")
+    assert isinstance(api, OpenAICompatible) and api.url == \
+        "https://api.example.org/v1/chat/completions" and api.api_key_env == "MY_KEY"
+    assert isinstance(make_generator(_settings(sampler="cluster"), 0, "cpu"), ClusterPrototypes)
+
+
+def test_item_texts_and_prompt_noun():
+    texts = fedsllm_item_texts(_items())
+    assert texts[0] == "Film 0. Genres: Action, Adventure. story number 0"
+    assert texts[1] == "Film 1. Year: 1991. Genres: Comedy, Romance"
+    assert texts[4] == "Film 4. Year: 1994. story number 4"  # "unknown" genre dropped
+    assert [item_noun_for(d) for d in ("ml-100k", "grouplens:/d", "amazon:/d:Beauty", "x")] == \
+        ["movie", "movie", "product", "item"]
+    assert item_noun_for("ml-1m", "film") == "film"
+
+
+# ----- pre-training -------------------------------------------------------------------------
+def test_initial_item_table_comes_from_the_autoencoder(tmp_path):
+    encoder = CountingEncoder()
+    strategy, llm = _strategy(tmp_path, encoder=encoder)
+    arrays = _initial_table()
+    out = strategy.initial_arrays(dict(arrays))
+    z = out[ITEM_TABLE_KEY]
+    assert z.shape == (20, DIM) and z.dtype == np.float32 and not np.allclose(z, arrays[ITEM_TABLE_KEY])
+    x = torch.as_tensor(CountingEncoder()(fedsllm_item_texts(_items())))
+    with torch.no_grad():
+        np.testing.assert_allclose(z, strategy.autoencoder.embed(x).numpy(), atol=1e-5)
+    rms = lambda a: float(np.sqrt(np.mean(a.astype(np.float64) ** 2)))  # noqa: E731
+    assert abs(rms(z) - rms(arrays[ITEM_TABLE_KEY])) < 1e-3  # calibrated to the backbone's init
+    assert strategy.autoencoder.widths == [16, DIM]
+    # first prototypes from the initial prompt, embedded with E_AE(F_PLM(p_j))
+    assert strategy.names == ["Action adventure", "Romantic comedy", "War drama"]
+    with torch.no_grad():
+        expected = strategy.autoencoder.embed(torch.as_tensor(CountingEncoder()(strategy.names)))
+    np.testing.assert_allclose(strategy.vectors, expected.numpy(), atol=1e-5)
+    assert "catalogue of 20 movies" in llm.prompts[0]
+    prompts = _jsonl(tmp_path / "run" / "prototype-prompts.jsonl")
+    assert prompts[0]["round"] == 0 and prompts[0]["kind"] == "initial"
+    assert prompts[0]["response"] == FIRST
+    line = _jsonl(tmp_path / "run" / "prototypes.jsonl")[0]
+    assert line["event"] == "initial" and line["names"] == strategy.names
+    assert encoder.calls == [20, 3]  # item texts once, prototype names once
+    # a second run reads the item-text embeddings from the cache
+    encoder2 = CountingEncoder()
+    again, _ = _strategy(tmp_path, encoder=encoder2)
+    np.testing.assert_allclose(again.initial_arrays(dict(arrays))[ITEM_TABLE_KEY], z, atol=1e-6)
+    assert encoder2.calls == [3] and again.finish()["fedsllm"]["text-cache-hit"] is True
+
+
+def test_baselines_keep_the_table_and_load_nothing(tmp_path):
+    encoder = CountingEncoder()
+    strategy, _ = _strategy(tmp_path, sampler="entropy", encoder=encoder)
+    arrays = _initial_table()
+    out = strategy.initial_arrays(dict(arrays))
+    np.testing.assert_array_equal(out[ITEM_TABLE_KEY], arrays[ITEM_TABLE_KEY])
+    assert encoder.calls == [] and strategy.manager is None
+    msgs = list(strategy.configure_train(1, dict_to_arrays(out), ConfigRecord(), Nodes([5, 6])))
+    assert len(msgs) == 1 and "fedsllm" not in msgs[0].content.array_records
+    assert dict(msgs[0].content["config"])["fedsllm-sampler"] == "entropy"
+
+
+# ----- payload, counts, revisions, alignment ------------------------------------------------
+def test_train_messages_carry_prototypes_and_similarities(tmp_path):
+    strategy, _ = _strategy(tmp_path)
+    table = strategy.initial_arrays(_initial_table())
+    nodes = [101, 202, 303, 404]
+    msgs = list(strategy.configure_train(3, dict_to_arrays(table), ConfigRecord({"x": 1}),
+                                         Nodes(nodes)))
+    assert len(msgs) == 2
+    for msg in msgs:
+        assert msg.metadata.dst_node_id in nodes
+        assert msg.metadata.message_type == MessageType.TRAIN
+        cfg = dict(msg.content["config"])
+        assert cfg == {"x": 1, "server-round": 3, "aggregation": "fedavg",
+                       "fedsllm-sampler": "fedsllm", "fedsllm-fraction": 0.1,
+                       "fedsllm-eps": 1e-6}
+        payload = arrays_to_dict(msg.content["fedsllm"])
+        assert payload["prototypes"].shape == (3, DIM) and payload["prototypes"].dtype == np.float32
+        assert payload["similarity"].shape == (20, 3) and payload["similarity"].dtype == np.float32
+        np.testing.assert_allclose(payload["similarity"],
+                                   cosine_similarity_matrix(table[ITEM_TABLE_KEY],
+                                                            strategy.vectors), atol=1e-6)
+
+
+def test_counts_are_summed_and_feed_the_update_prompt(tmp_path):
+    strategy, llm = _strategy(tmp_path, proto_update_every=2, align_every=2, num_rounds=4)
+    arrays = strategy.initial_arrays(_initial_table())
+    encoder_before = {k: v.clone() for k, v in strategy.autoencoder.encoder.state_dict().items()}
+    decoder_before = {k: v.clone() for k, v in strategy.autoencoder.decoder.state_dict().items()}
+    per_round = {1: ([3, 1, 0], [0, 2, 4]), 2: ([1, 1, 1], [2, 0, 0]),
+                 3: ([1, 0, 0, 0], [0, 0, 0, 5]), 4: ([1, 1, 1, 1], [0, 0, 0, 2])}
+    for rnd, counts in per_round.items():
+        msgs = list(strategy.configure_train(rnd, dict_to_arrays(arrays), ConfigRecord(),
+                                             Nodes([7, 8, 9, 10])))
+        replies = [_reply(m, arrays[ITEM_TABLE_KEY] + 0.1 * rnd, c, ms=1.0 + i)
+                   for i, (m, c) in enumerate(zip(msgs, counts))]
+        for m, r in zip(msgs, replies):
+            assert r.metadata.src_node_id == m.metadata.dst_node_id
+            assert r.metadata.reply_to_message_id == m.metadata.message_id
+        new, metrics = strategy.aggregate_train(rnd, replies)
+        arrays = arrays_to_dict(new)
+        info = strategy.round_info()
+        assert info["selection-ms"] == pytest.approx(1.5)
+        assert info["prototype-counts"] == np.sum(counts, axis=0).tolist()
+        if rnd == 2:  # revision at round 2 with the counts of rounds 1 and 2; alignment first
+            assert "1. Action adventure (used 6 times, 40%)" in llm.prompts[1]
+            assert "2. Romantic comedy (used 4 times, 27%)" in llm.prompts[1]
+            assert "3. War drama (used 5 times, 33%)" in llm.prompts[1]
+            assert info["prototype-update"] == "generated" and "align-mse" in info
+            assert strategy.names == ["Action adventure", "Family animation", "War drama",
+                                      "Crime thriller"]
+    assert len(llm.prompts) == 2  # round 4 is the last: no LLM call (the script would fail)
+    enc = strategy.autoencoder.encoder.state_dict()
+    assert any(not torch.equal(enc[k], encoder_before[k]) for k in enc)
+    for k, v in strategy.autoencoder.decoder.state_dict().items():
+        assert torch.equal(v, decoder_before[k])
+    with torch.no_grad():
+        now = strategy.autoencoder.embed(torch.as_tensor(CountingEncoder()(strategy.names)))
+    np.testing.assert_allclose(strategy.vectors, now.numpy(), atol=1e-5)
+    lines = _jsonl(tmp_path / "run" / "prototypes.jsonl")
+    assert [(d["round"], d["event"]) for d in lines] == [
+        (0, "initial"), (1, "round"), (2, "round"), (2, "update"), (3, "round"), (4, "round")]
+    assert lines[3]["counts"] == [6, 4, 5] and lines[3]["previous"] == FIRST_NAMES
+    assert lines[4]["counts"] == [1, 0, 0, 5] and lines[4]["clients"] == 2
+    summary = strategy.finish()["fedsllm"]
+    assert summary["prototype-updates"] == 1 and summary["alignments"] == 1
+    assert summary["prototypes"] == strategy.names
+
+
+FIRST_NAMES = ["Action adventure", "Romantic comedy", "War drama"]
+
+
+def test_alignment_alone_reembeds_prototypes(tmp_path):
+    strategy, llm = _strategy(tmp_path, proto_update_every=10, align_every=1, num_rounds=3)
+    arrays = strategy.initial_arrays(_initial_table())
+    before = strategy.vectors.copy()
+    msgs = list(strategy.configure_train(1, dict_to_arrays(arrays), ConfigRecord(), Nodes([1, 2])))
+    target = np.random.default_rng(1).normal(size=(20, DIM)).astype(np.float32)
+    strategy.aggregate_train(1, [_reply(msgs[0], target, [1, 1, 1])])
+    assert strategy.names == FIRST_NAMES and len(llm.prompts) == 1
+    assert not np.allclose(strategy.vectors, before)
+    with torch.no_grad():
+        now = strategy.autoencoder.embed(torch.as_tensor(CountingEncoder()(strategy.names)))
+    np.testing.assert_allclose(strategy.vectors, now.numpy(), atol=1e-5)
+
+
+def test_replies_without_valid_counts_are_rejected(tmp_path):
+    strategy, _ = _strategy(tmp_path)
+    arrays = strategy.initial_arrays(_initial_table())
+    msg = list(strategy.configure_train(1, dict_to_arrays(arrays), ConfigRecord(), Nodes([42, 43])))[0]
+    dst = msg.metadata.dst_node_id
+    with pytest.raises(ReplyError, match=f"node {dst}.*'extras' with 'prototype-counts'"):
+        strategy.aggregate_train(1, [_reply(msg, arrays[ITEM_TABLE_KEY])])
+    with pytest.raises(ReplyError, match=f"node {dst}.*shape \\(2,\\), expected \\(3,\\)"):
+        strategy.aggregate_train(1, [_reply(msg, arrays[ITEM_TABLE_KEY], [1, 2])])
+
+
+def test_sum_prototype_counts():
+    total = sum_prototype_counts([np.array([1, 0, 2]), np.array([0, 5, 1], dtype=np.int32)], 3,
+                                 ["a", "b"])
+    assert total.tolist() == [1, 5, 3] and total.dtype == np.int64
+    with pytest.raises(ReplyError, match="node b.*non-negative integers"):
+        sum_prototype_counts([np.array([1, 0, 2]), np.array([0.5, 1, 1])], 3, ["a", "b"])
+    with pytest.raises(ReplyError, match="node a.*non-negative"):
+        sum_prototype_counts([np.array([-1, 0, 2])], 3, ["a"])
+
+
+def test_cluster_baseline_uses_kmeans_centroids_of_the_current_table(tmp_path):
+    encoder = CountingEncoder()
+    strategy, _ = _strategy(tmp_path, sampler="cluster", encoder=encoder, proto_update_every=1,
+                            num_rounds=3)
+    arrays = _initial_table()
+    out = strategy.initial_arrays(dict(arrays))
+    np.testing.assert_array_equal(out[ITEM_TABLE_KEY], arrays[ITEM_TABLE_KEY])  # no AE
+    names, vectors = ClusterPrototypes(seed=0).fit(arrays[ITEM_TABLE_KEY], 4)
+    assert strategy.names == names == [f"cluster-{j}" for j in range(4)]
+    np.testing.assert_allclose(strategy.vectors, vectors)
+    msgs = list(strategy.configure_train(1, dict_to_arrays(out), ConfigRecord(), Nodes([1, 2])))
+    assert msgs[0].content["fedsllm"]["similarity"].numpy().shape == (20, 4)
+    moved = out[ITEM_TABLE_KEY] * 3.0 + 1.0
+    strategy.aggregate_train(1, [_reply(msgs[0], moved, [1, 2, 0, 0])])
+    np.testing.assert_allclose(strategy.vectors, ClusterPrototypes(seed=0).fit(moved, 4)[1],
+                               rtol=1e-5)
+    assert encoder.calls == []  # no text encoder, no LLM
+
+
+# ----- client -------------------------------------------------------------------------------
+N_ITEMS, N_TRAIN = 40, 20
+
+
+def _client(cls=FedSLLMClient, model_seed: int = 0):
+    torch.manual_seed(model_seed)
+    model = build_model("pfedrec", N_ITEMS, DIM)
+    train = np.arange(0, 2 * N_TRAIN, 2, dtype=np.int64)  # even items
+    data = UserData(user=3, train=train, valid=1, test=3, num_items=N_ITEMS)
+    settings = LocalSettings(local_epochs=2, lr=0.05, weight_decay=0.0, batch_size=16,
+                             num_negatives=2, device="cpu", seed=0, ldp_delta=0.0, topk=(10,),
+                             protocols=("sampled",), num_eval_negatives=10)
+    return cls(model, data, settings)
+
+
+def _payload(p: int = 3) -> dict:
+    rng = np.random.default_rng(5)
+    return {"fedsllm": {"prototypes": rng.normal(size=(p, DIM)).astype(np.float32),
+                        "similarity": rng.uniform(-1, 1, size=(N_ITEMS, p)).astype(np.float32)}}
+
+
+def _config(sampler: str, fraction: float = 0.25, **extra) -> dict:
+    return {"server-round": 1, "aggregation": "itemwise", "fedsllm-sampler": sampler,
+            "fedsllm-fraction": fraction, "fedsllm-eps": 1e-6, **extra}
+
+
+def _global_params() -> list[np.ndarray]:
+    """Shared parameters of a different model: the client must select with THESE."""
+    torch.manual_seed(99)
+    return [build_model("pfedrec", N_ITEMS, DIM).item_emb.weight.detach().numpy().copy()]
+
+
+@pytest.mark.parametrize("sampler", ["fedsllm", "cluster", "random", "entropy", "margin",
+                                     "least-confidence"])
+def test_client_trains_only_on_the_selected_fraction(sampler):
+    client = _client()
+    payload = _payload()
+    client.receive(payload if sampler in ("fedsllm", "cluster") else {}, {})
+    params = _global_params()
+    # expected selection: the client's private scorer on the round's global item table
+    ref = _client()
+    ref.set_parameters(params)
+    ref.model.eval()
+    with torch.no_grad():
+        r_items = ref.model(torch.as_tensor(ref.data.train)).numpy()
+        r_protos = ref.model.score_vectors(torch.as_tensor(payload["fedsllm"]["prototypes"])).numpy()
+    rng = np.random.default_rng([0, 1, 3, 7])
+    expected = select_samples(sampler, r_items, 0.25, rng=rng, r_protos=r_protos,
+                              sim=payload["fedsllm"]["similarity"][ref.data.train], eps=1e-6)
+    new, num_examples, metrics = client.fit(params, _config(sampler))
+    k = budget(N_TRAIN, 0.25)
+    chosen = np.sort(client.data.train[expected.indices])
+    assert metrics["num-positives"] == k == 5 and num_examples == k * 3
+    assert metrics["selection-candidates"] == N_TRAIN and metrics["selection-ms"] > 0
+    np.testing.assert_array_equal(np.sort(client.data.train[client.selection.indices]), chosen)
+    extras = client.upload_extras()
+    item_counts = extras["item-counts"][client.data.train]
+    selected = np.isin(client.data.train, chosen)
+    assert (item_counts[selected] == 2).all() and (item_counts[~selected] == 0).all()
+    if sampler in ("fedsllm", "cluster"):
+        assert extras["prototype-counts"].dtype == np.int64
+        assert extras["prototype-counts"].tolist() == expected.counts.tolist()
+        assert extras["prototype-counts"].sum() == N_TRAIN
+    else:
+        assert "prototype-counts" not in extras
+    assert not np.allclose(new[0], params[0])
+
+
+def test_base_sampler_trains_exactly_like_the_base_client():
+    params = _global_params()
+    plain, sllm = _client(FedRecClient), _client(FedSLLMClient)
+    a = plain.fit(params, _config("base", aggregation="fedavg"))
+    b = sllm.fit(params, _config("base", aggregation="fedavg"))
+    np.testing.assert_array_equal(a[0][0], b[0][0])
+    assert a[1] == b[1] and a[2]["train-loss"] == b[2]["train-loss"]
+    assert b[2]["num-positives"] == N_TRAIN and "prototype-counts" not in sllm.upload_extras()
+
+
+def test_client_errors_are_clear():
+    client = _client()
+    with pytest.raises(ValueError, match="needs the ArrayRecord 'fedsllm'"):
+        client.fit(_global_params(), _config("fedsllm"))
+    with pytest.raises(ValueError, match="lacks 'fedsllm-sampler'.*method = \"fedsllm\""):
+        client.fit(_global_params(), {"server-round": 1})
+    bad = _payload()
+    bad["fedsllm"]["similarity"] = bad["fedsllm"]["similarity"][:10]
+    with pytest.raises(ValueError, match=r"similarity' has shape \(10, 3\), expected .*\(40, 3\)"):
+        client.receive(bad, {})
+    with pytest.raises(ValueError, match="unknown sample-selection method"):
+        client.fit(_global_params(), _config("entropyy"))
+
+
+# ----- end to end ---------------------------------------------------------------------------
+ANSWERS = ["1. Action adventure\n2. Animated family\n3. Romantic drama",
+           "1. Action adventure\n2. Animated family\n3. Romantic drama\n4. Crime thriller",
+           "1. Action adventure\n2. Animated family\n3. Crime thriller\n4. War epic"]
+
+
+@pytest.fixture()
+def fake_llm_server():
+    """A real OpenAI-compatible HTTP server on 127.0.0.1 answering with ANSWERS in turn."""
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            text = ANSWERS[min(len(seen), len(ANSWERS)) - 1]
+            reply = json.dumps({"choices": [{"index": 0, "message": {
+                "role": "assistant", "content": text}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_fedsllm_end_to_end_through_flower(tmp_path, tiny_grouplens, fake_llm_server):
+    url, seen = fake_llm_server
+    proc, out = run_app(tmp_path, tiny_grouplens,
+                        f"method='fedsllm' fedsllm-llm='openai:{url}:fake-chat' "
+                        "num-server-rounds=3 eval-every=3 fraction-train=0.5 fedsllm-fraction=0.3 "
+                        "fedsllm-proto-update-every=1 fedsllm-align-every=2 fedsllm-ae-epochs=5 "
+                        "fedsllm-align-epochs=2 fedsllm-max-prototypes=4", seeds=[0])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (final,) = finals(out)
+    assert final["status"] == "ok" and final["fedsllm"]["sampler"] == "fedsllm"
+    assert final["fedsllm"]["prototype-updates"] == 2 and final["fedsllm"]["alignments"] == 1
+    assert final["fedsllm"]["prototypes"] == ["Action adventure", "Animated family",
+                                              "Crime thriller", "War epic"]
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    rounds = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2, 3] and all(r["clients"] == 6 for r in rounds)
+    assert all(r["selection-ms"] > 0 for r in rounds)
+    assert [len(r["prototype-counts"]) for r in rounds] == [3, 4, 4]
+    assert "align-mse" in rounds[1] and "align-mse" not in rounds[0]
+    lines = _jsonl(run / "prototypes.jsonl")
+    assert [(d["round"], d["event"]) for d in lines] == [
+        (0, "initial"), (1, "round"), (1, "update"), (2, "round"), (2, "update"), (3, "round")]
+    assert lines[2]["counts"] == rounds[0]["prototype-counts"]
+    prompts = _jsonl(run / "prototype-prompts.jsonl")
+    assert [p["round"] for p in prompts] == [0, 1, 2] and len(seen) == 3
+    assert "movies" in prompts[0]["prompt"] and "used" in prompts[1]["prompt"]
+    assert seen[0]["model"] == "fake-chat"
+    assert final["test"]["sampled_hr@10"] >= 0.0

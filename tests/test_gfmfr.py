@@ -1,0 +1,443 @@
+"""GFMFR strategy and client: hooks driven with real Flower Messages (no Grid, no simulation),
+the distillation term, typed config errors, and one end-to-end run through ``flwr run``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+from clients.base import FedRecClient, LocalSettings
+from clients.gfmfr import (DIS_LOSS, FEATURES, LAMBDA_KEY, PAYLOAD, PREFERENCE, REC_LOSS,
+                           SCORER_PREFIX, GFMFRClient, preference_kl, scorer_plan)
+from e2e_util import finals, run_app
+from fedmm.config import ConfigError, load_app_config
+from fedmm.data.split import UserData
+from fedmm.models import build_model
+from server_tasks import encoders as enc
+from server_tasks.fusion import fuse
+from strategies.aggregation import ReplyError
+from strategies.base import dict_to_arrays
+from strategies.gfmfr import GFMFR, GFMFRConfig, item_modalities, text_view
+
+ROOT = Path(__file__).resolve().parents[1]
+N_ITEMS, DIM, N_USERS = 40, 8, 6
+
+
+@pytest.fixture(autouse=True)
+def _server_identity(monkeypatch):
+    """Messages take run and source ids from ``TaskIdentity``, which Flower's ServerApp runtime
+    sets (flwr/superlink/runtime/run_serverapp.py); set them the same way here."""
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One compute thread: on the shared 2-core machine tiny multi-threaded ops crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def defaults(**overrides) -> dict:
+    cfg = load_app_config(ROOT / "pyproject.toml")
+    cfg.update(overrides)
+    return cfg
+
+
+def settings(**overrides) -> GFMFRConfig:
+    base = {"gfmfr-groups": 2, "gfmfr-epochs": 3, "gfmfr-hidden": 16, "gfmfr-group-dim": 4}
+    base.update(overrides)
+    return GFMFRConfig.from_mapping(defaults(**base))
+
+
+def local_settings(ldp: float = 0.0) -> LocalSettings:
+    return LocalSettings(local_epochs=1, lr=0.05, weight_decay=0.0, batch_size=16, num_negatives=2,
+                         device="cpu", seed=0, ldp_delta=ldp, topk=(5,), protocols=("full",),
+                         num_eval_negatives=5)
+
+
+def user_data(u: int) -> UserData:
+    rng = np.random.default_rng(u)
+    items = rng.choice(np.arange(u % 2, N_ITEMS, 2), size=8, replace=False)  # two tastes
+    return UserData(u, items[:6].astype(np.int64), int(items[6]), int(items[7]), N_ITEMS)
+
+
+def make_model(backbone: str, user: int | None = None):
+    torch.manual_seed(100 + (-1 if user is None else user))
+    model = build_model(backbone, N_ITEMS, DIM, **({"layers": (2 * DIM, 8)} if backbone == "fedncf" else {}))
+    if user is not None and hasattr(model, "set_neighbors"):
+        model.set_neighbors(torch.as_tensor(user_data(user).train))
+    return model
+
+
+def make_client(backbone: str, user: int, cls=GFMFRClient, ldp: float = 0.0):
+    return cls(make_model(backbone, user), user_data(user), local_settings(ldp))
+
+
+def modality_tables(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    kg_mask = np.arange(N_ITEMS) % 5 != 0
+    return {"text": (rng.normal(size=(N_ITEMS, 12)).astype(np.float32), np.ones(N_ITEMS, bool)),
+            "kg": (rng.normal(size=(N_ITEMS, 6)).astype(np.float32), kg_mask)}
+
+
+class FakeGrid:
+    """The one Grid method the strategy's sampling uses."""
+
+    def __init__(self, node_ids):
+        self.node_ids = list(node_ids)
+
+    def get_node_ids(self):
+        return self.node_ids
+
+
+def make_strategy(backbone: str, run_dir: Path | None = None, aggregation: str = "fedavg",
+                  **overrides) -> GFMFR:
+    return GFMFR(settings=settings(**overrides), modalities=modality_tables(),
+                 model=make_model(backbone), run_dir=run_dir, num_rounds=5, fraction_train=1.0,
+                 eval_every=10, seed=0, min_available_nodes=1, aggregation=aggregation)
+
+
+NODES = [1000 + 7 * u for u in range(N_USERS)]  # node id -> user = index
+
+
+def reply(msg: Message, client: FedRecClient) -> Message:
+    """What fedmm.client_app.train does with a train message, without a Context."""
+    content = msg.content
+    names = list(content["arrays"].keys())
+    payload = {name: {k: v.numpy() for k, v in rec.items()}
+               for name, rec in content.array_records.items() if name != "arrays"}
+    config = dict(content["config"])
+    client.receive(payload, config)
+    params, n, metrics = client.fit([content["arrays"][k].numpy() for k in names], config)
+    out = RecordDict({"arrays": dict_to_arrays(dict(zip(names, params))),
+                      "metrics": MetricRecord({**metrics, "num-examples": n,
+                                               "user": int(client.data.user)})})
+    extras = client.upload_extras()
+    if extras:
+        out["extras"] = dict_to_arrays(extras)
+    return Message(content=out, reply_to=msg)
+
+
+def run_round(strategy: GFMFR, rnd: int, arrays, clients: dict):
+    messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({}), FakeGrid(NODES)))
+    replies = [reply(m, clients[m.metadata.dst_node_id]) for m in messages]
+    assert all(r.metadata.src_node_id == m.metadata.dst_node_id for r, m in zip(replies, messages))
+    new, _ = strategy.aggregate_train(rnd, replies)
+    return messages, replies, new
+
+
+def initial_arrays(backbone: str):
+    model = make_model(backbone)
+    state = model.state_dict()
+    return dict_to_arrays({k: state[k].numpy() for k in model.shared_keys()})
+
+
+# ------------------------------------------------------------------------------------------
+# config
+# ------------------------------------------------------------------------------------------
+def test_config_keys_declared_and_read():
+    declared = {k for k in load_app_config(ROOT / "pyproject.toml") if k.startswith("gfmfr-")}
+    assert declared == set(GFMFRConfig.keys())
+    cfg = GFMFRConfig.from_mapping(defaults())
+    assert cfg.modalities == ("text", "image", "kg") and cfg.schedule_name() == "smooth_progressive"
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("gfmfr-groups", 0, "must be >= 1"),
+    ("gfmfr-groups", 2.5, "not a valid int"),
+    ("gfmfr-cluster", "spectral", "choose one of"),
+    ("gfmfr-fusion", "gru", "choose one of"),
+    ("gfmfr-modalities", "text,audio", "subset of"),
+    ("gfmfr-modalities", "", "subset of"),
+    ("gfmfr-lr", "fast", "not a valid float"),
+    ("gfmfr-lambda", -1.0, "finite and >= 0"),
+    ("gfmfr-lambda-beta", 1.0, r"\[0, 1\)"),
+    ("gfmfr-lambda-schedule", "cosine", "unknown schedule"),
+])
+def test_config_errors_name_the_key(key, value, match):
+    with pytest.raises(ConfigError, match=f"'{key}'.*{match}"):
+        GFMFRConfig.from_mapping(defaults(**{key: value}))
+
+
+def test_config_missing_key():
+    cfg = defaults()
+    del cfg["gfmfr-lambda-max"]
+    with pytest.raises(ConfigError, match="'gfmfr-lambda-max' is missing"):
+        GFMFRConfig.from_mapping(cfg)
+
+
+@pytest.mark.parametrize("name,expected", [("constant", "constant"), ("scale-align", "scale_align"),
+                                           ("smooth", "smooth"), ("progressive", "progressive"),
+                                           ("smooth-progressive", "smooth_progressive")])
+def test_all_five_schedules(name, expected):
+    cfg = settings(**{"gfmfr-lambda-schedule": name, "gfmfr-lambda": 0.5})
+    assert cfg.schedule_name() == expected
+    assert 0.0 <= cfg.make_schedule()(3, 0.6, 0.2, 0.4) <= cfg.lambda_max
+
+
+# ------------------------------------------------------------------------------------------
+# modalities
+# ------------------------------------------------------------------------------------------
+def _items(n=5, **cols):
+    base = {"title": [f"Movie {i}" for i in range(n)], "year": [1990.0 + i for i in range(n)],
+            "genres": ["Drama|Comedy", "Drama", "", "Action", "Comedy"][:n],
+            "description": [""] * n, "image": [""] * n}
+    base.update(cols)
+    return pd.DataFrame(base)
+
+
+def test_text_view_has_genres_and_year():
+    view = text_view(_items())
+    assert enc.item_texts(view)[0] == "Movie 0. Drama, Comedy. Released 1990"
+    assert enc.item_texts(view)[2] == "Movie 2. Released 1992"
+
+
+def test_item_modalities_drops_what_the_dataset_lacks(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_text(texts, model=None, batch_size=64, device="cpu"):
+        seen.extend(texts)
+        return np.ones((len(texts), 4), np.float32)
+
+    monkeypatch.setattr(enc, "encode_texts", fake_text)
+    tables, notes = item_modalities("toy", _items(), None,
+                                    settings(**{"gfmfr-modalities": "text,image,kg",
+                                                "gfmfr-kg-dim": 4}), tmp_path)
+    assert sorted(tables) == ["kg", "text"] and tables["kg"][0].shape == (5, 4)
+    assert notes["image"].startswith("dropped") and "genres and release year only" in notes["kg"]
+    assert "Movie 3. Action. Released 1993" in seen
+    with pytest.raises(ConfigError, match="'gfmfr-modalities'"):
+        item_modalities("toy", _items(), None, settings(**{"gfmfr-modalities": "image"}), tmp_path)
+
+
+# ------------------------------------------------------------------------------------------
+# client: distillation term
+# ------------------------------------------------------------------------------------------
+def test_preference_kl_zero_at_match_and_gradient():
+    z = torch.tensor([-2.0, 0.0, 1.5, 4.0], requires_grad=True)
+    p = torch.sigmoid(z.detach())
+    target = torch.stack([1 - p, p], 1)
+    assert float(preference_kl(target, z).detach()) == pytest.approx(0.0, abs=1e-6)
+    other = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [1.0, 0.0]])
+    kl = preference_kl(other, z)
+    kl.backward()
+    torch.testing.assert_close(z.grad, (torch.sigmoid(z.detach()) - other[:, 1]) / 4)
+    ref = (other * (other.clamp_min(1e-30).log() - torch.stack([1 - p, p], 1).log())).sum(1).mean()
+    assert float(kl.detach()) == pytest.approx(float(ref), rel=1e-5)
+
+
+def _own_preference(client) -> np.ndarray:
+    with torch.no_grad():
+        p = torch.sigmoid(client.model.full_scores()).numpy()
+    return np.stack([1 - p, p], 1).astype(np.float32)
+
+
+def test_client_kl_zero_for_own_predictions_and_gradient_flows():
+    client = make_client("pfedrec", 0)
+    client.receive({PAYLOAD: {PREFERENCE: _own_preference(client)}}, {})
+    items = torch.arange(10)
+    logits = client.model(items)
+    extra = client.extra_loss(items, torch.ones(10), logits, {LAMBDA_KEY: 2.0})
+    assert float(extra.detach()) == pytest.approx(0.0, abs=1e-6)
+    flipped = _own_preference(client)[:, ::-1].copy()
+    client.receive({PAYLOAD: {PREFERENCE: flipped}}, {})
+    extra = client.extra_loss(items, torch.ones(10), client.model(items), {LAMBDA_KEY: 2.0})
+    assert float(extra.detach()) > 0
+    extra.backward()
+    assert client.model.score_fn.weight.grad.abs().sum() > 0
+    assert client.extra_loss(items, torch.ones(10), client.model(items), {LAMBDA_KEY: 0.0}) is None
+
+
+def test_lambda_zero_is_the_base_loss():
+    params = [a.numpy() for a in initial_arrays("pfedrec").values()]
+    base = make_client("pfedrec", 1, cls=FedRecClient)
+    ours = make_client("pfedrec", 1)
+    ours.receive({PAYLOAD: {PREFERENCE: _own_preference(ours)[:, ::-1].copy()}}, {})
+    cfg = {"server-round": 2, "aggregation": "fedavg", LAMBDA_KEY: 0.0}
+    p_base, n_base, m_base = base.fit(params, dict(cfg))
+    p_ours, n_ours, m_ours = ours.fit(params, dict(cfg))
+    assert n_base == n_ours and m_ours["train-loss"] == pytest.approx(m_base["train-loss"])
+    for a, b in zip(p_base, p_ours):
+        np.testing.assert_array_equal(a, b)
+    assert m_ours[DIS_LOSS] > 0 and m_ours[REC_LOSS] > 0  # measured, not added
+    with_lambda = make_client("pfedrec", 1)
+    with_lambda.receive({PAYLOAD: {PREFERENCE: _own_preference(with_lambda)[:, ::-1].copy()}}, {})
+    p_kl, _, _ = with_lambda.fit(params, dict(cfg, **{LAMBDA_KEY: 1.0}))
+    assert not np.array_equal(p_kl[0], p_base[0])
+
+
+def test_client_uploads_score_function_not_user_embedding():
+    params = [a.numpy() for a in initial_arrays("pfedrec").values()]
+    pf = make_client("pfedrec", 2)
+    _, _, metrics = pf.fit(params, {"server-round": 1})
+    assert REC_LOSS in metrics and DIS_LOSS not in metrics  # no signal: no distillation
+    extras = pf.upload_extras()
+    assert sorted(extras) == [SCORER_PREFIX + "score_fn.bias", SCORER_PREFIX + "score_fn.weight"]
+    np.testing.assert_array_equal(extras[SCORER_PREFIX + "score_fn.weight"],
+                                  pf.model.score_fn.weight.detach().numpy())
+    noisy = make_client("pfedrec", 2, ldp=0.5)
+    noisy.fit(params, {"server-round": 1})
+    up = noisy.upload_extras()[SCORER_PREFIX + "score_fn.weight"]
+    assert not np.allclose(up, noisy.model.score_fn.weight.detach().numpy())  # LDP applies
+    for backbone in ("fedncf", "fedmf", "fedpergnn"):
+        client = make_client(backbone, 2)
+        client.fit([a.numpy() for a in initial_arrays(backbone).values()], {"server-round": 1})
+        assert client.upload_extras() == {} and scorer_plan(client.model).mode == "client"
+    assert scorer_plan(make_model("fedrap")).upload == ("score_fn.bias", "score_fn.weight")
+
+
+def test_bad_payload_is_named():
+    client = make_client("pfedrec", 0)
+    with pytest.raises(ValueError, match="'gfmfr/preference' has shape"):
+        client.receive({PAYLOAD: {PREFERENCE: np.zeros((3, 2), np.float32)}}, {})
+    with pytest.raises(ValueError, match="no user embedding"):
+        client.receive({PAYLOAD: {FEATURES: np.zeros((N_ITEMS, DIM), np.float16)}}, {})
+    with pytest.raises(ValueError, match="expected 'preference' or 'features'"):
+        client.receive({PAYLOAD: {"other": np.zeros(1)}}, {})
+
+
+# ------------------------------------------------------------------------------------------
+# strategy hooks, driven with real Messages
+# ------------------------------------------------------------------------------------------
+def test_server_mode_rounds(tmp_path):
+    strategy = make_strategy("pfedrec", tmp_path)
+    clients = {nid: make_client("pfedrec", u) for u, nid in enumerate(NODES)}
+    arrays = initial_arrays("pfedrec")
+    messages, replies, arrays = run_round(strategy, 1, arrays, clients)
+    assert all(PAYLOAD not in m.content.array_records for m in messages)  # nobody grouped yet
+    assert all(LAMBDA_KEY in m.content["config"] for m in messages)
+    info = strategy.round_info()
+    assert sum(info["gfmfr-group-sizes"]) == N_USERS and info["gfmfr-distilled"] == 0
+    assert info["gfmfr-seconds"] >= info["gfmfr-fusion-seconds"] > 0
+    line = json.loads((tmp_path / "groups.jsonl").read_text().splitlines()[0])
+    assert line["round"] == 1 and sorted(map(int, line["groups"])) == list(range(N_USERS))
+
+    # Round 2: every node has a group; its preference is P̄_l(Q_l), checked by hand.
+    messages, replies, arrays = run_round(strategy, 2, arrays, clients)
+    groups = strategy.tracker.assignments[1]
+    q = fuse(strategy.fusion, strategy._mods, strategy._masks)  # fusion after round 2 update
+    for m in messages:
+        pref = m.content[PAYLOAD][PREFERENCE].numpy()
+        assert pref.shape == (N_ITEMS, 2) and pref.dtype == np.float32
+        np.testing.assert_allclose(pref.sum(1), 1.0, atol=1e-6)
+    assert all(DIS_LOSS in dict(r.content["metrics"]) for r in replies)
+    # the signals now held (sent in round 3) are P̄_l(Q_l) with this round's members
+    labels = strategy.tracker.assignments[2]
+    for group in set(labels.values()):
+        members = [r for r in replies if labels[int(dict(r.content["metrics"])["user"])] == group]
+        w = np.array([float(dict(r.content["metrics"])["num-examples"]) for r in members])
+        wt = np.average([r.content["extras"]["scorer/score_fn.weight"].numpy() for r in members],
+                        axis=0, weights=w)
+        bias = np.average([r.content["extras"]["scorer/score_fn.bias"].numpy() for r in members],
+                          axis=0, weights=w)
+        p = 1 / (1 + np.exp(-(q[group].numpy() @ wt.T + bias)[:, 0]))
+        got = strategy._signals[group][PREFERENCE].numpy()
+        np.testing.assert_allclose(got[:, 1], p, rtol=1e-4, atol=1e-5)
+    assert set(groups) == set(labels)
+
+    # Round 3: lambda follows the schedule fed by the reported losses.
+    rec, dis = strategy._losses
+    prev = strategy._lambda
+    expected = strategy.schedule(3, rec, dis, prev)
+    messages, replies, arrays = run_round(strategy, 3, arrays, clients)
+    assert messages[0].content["config"][LAMBDA_KEY] == pytest.approx(expected)
+    extra = strategy.finish()
+    assert (tmp_path / "group_dynamics.png").stat().st_size > 0
+    assert extra["gfmfr"]["scorer-mode"] == "server" and sorted(extra["gfmfr"]["modalities"]) == ["kg", "text"]
+    assert len((tmp_path / "groups.jsonl").read_text().splitlines()) == 3
+
+
+def test_missing_scorer_upload_is_a_named_reply_error():
+    strategy = make_strategy("pfedrec")
+    clients = {nid: make_client("pfedrec", u, cls=FedRecClient) for u, nid in enumerate(NODES)}
+    messages = list(strategy.configure_train(1, initial_arrays("pfedrec"), ConfigRecord({}),
+                                             FakeGrid(NODES)))
+    replies = [reply(m, clients[m.metadata.dst_node_id]) for m in messages]
+    with pytest.raises(ReplyError, match="'scorer/score_fn.bias'"):
+        strategy.aggregate_train(1, replies)
+
+
+@pytest.mark.parametrize("backbone", ["fedncf", "fedmf", "fedpergnn"])
+def test_client_mode_keeps_user_embedding_home(backbone):
+    strategy = make_strategy(backbone, **{"gfmfr-fusion": "attention"})
+    clients = {nid: make_client(backbone, u) for u, nid in enumerate(NODES)}
+    arrays = initial_arrays(backbone)
+    _, replies, arrays = run_round(strategy, 1, arrays, clients)
+    messages, replies, arrays = run_round(strategy, 2, arrays, clients)
+    for msg in messages + replies:
+        for rec in msg.content.array_records.values():
+            assert not any("user_emb" in k for k in rec.keys())  # never travels
+    shared_scorer = set(scorer_plan(make_model(backbone)).shared)
+    for m in messages:
+        rec = m.content[PAYLOAD]
+        assert rec[FEATURES].numpy().dtype == np.float16 and rec[FEATURES].shape == (N_ITEMS, DIM)
+        assert {k[len(SCORER_PREFIX):] for k in rec.keys() if k != FEATURES} == shared_scorer
+    assert all(DIS_LOSS in dict(r.content["metrics"]) for r in replies)
+    # The client's target: its own model with the group's shared scorer parts, applied to Q_l.
+    nid = messages[0].metadata.dst_node_id
+    client, rec = clients[nid], messages[0].content[PAYLOAD]
+    client.receive({PAYLOAD: {k: v.numpy() for k, v in rec.items()}}, {})
+    state = client.model.state_dict()
+    model = make_model(backbone, client.data.user)
+    model.load_state_dict(state)
+    model.eval()
+    with torch.no_grad():
+        for k in shared_scorer:
+            model.state_dict()[k].copy_(torch.as_tensor(rec[SCORER_PREFIX + k].numpy()))
+        p = torch.sigmoid(model.score_vectors(torch.as_tensor(rec[FEATURES].numpy()).float()))
+    target = client._client_side_preference()
+    torch.testing.assert_close(target[:, 1], p)
+
+
+def test_single_group_ablation_and_unsampled_clients():
+    strategy = make_strategy("pfedrec", aggregation="itemwise",
+                             **{"gfmfr-cluster": "single", "gfmfr-fusion": "multiple"})
+    assert strategy.num_groups == 1
+    clients = {nid: make_client("pfedrec", u) for u, nid in enumerate(NODES)}
+    strategy.fraction_train = 0.5
+    messages, _, arrays = run_round(strategy, 1, initial_arrays("pfedrec"), clients)
+    first = {m.metadata.dst_node_id for m in messages}
+    messages, _, _ = run_round(strategy, 2, arrays, clients)
+    for m in messages:  # only nodes seen in round 1 have a group
+        assert (PAYLOAD in m.content.array_records) == (m.metadata.dst_node_id in first)
+    assert set(strategy.tracker.assignments[1].values()) == {0}
+    assert all("item-counts" in r.content["extras"] and "scorer/score_fn.weight" in r.content["extras"]
+               for r in run_round(strategy, 3, arrays, clients)[1])
+
+
+# ------------------------------------------------------------------------------------------
+# end to end through Flower's simulation engine
+# ------------------------------------------------------------------------------------------
+def test_gfmfr_end_to_end(tmp_path, tiny_grouplens):
+    proc, out = run_app(tmp_path, tiny_grouplens,
+                        "method='gfmfr' backbone='pfedrec' num-server-rounds=3 eval-every=3 "
+                        "fraction-train=0.5 gfmfr-groups=2 gfmfr-epochs=5 "
+                        "gfmfr-modalities='text,image,kg'", seeds=[0])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    rounds = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(r["gfmfr-seconds"] > 0 and r["server-seconds"] >= r["gfmfr-seconds"] for r in rounds)
+    assert rounds[0]["gfmfr-signalled"] == 0 and sum(rounds[0]["gfmfr-group-sizes"]) == 6
+    assert sum(r["gfmfr-distilled"] for r in rounds[1:]) > 0  # returning clients distil
+    groups = [json.loads(line) for line in (run / "groups.jsonl").read_text().splitlines()]
+    assert [g["round"] for g in groups] == [1, 2, 3] and all(len(g["groups"]) == 6 for g in groups)
+    assert (run / "group_dynamics.png").stat().st_size > 0
+    (final,) = finals(out)
+    assert final["status"] == "ok" and final["method"] == "gfmfr"
+    block = final["gfmfr"]
+    assert sorted(block["modalities"]) == ["kg", "text"] and block["modalities"]["text"] == 384
+    assert block["modality-notes"]["image"].startswith("dropped")
+    assert "gfmfr: modality 'image' dropped" in proc.stdout + proc.stderr
