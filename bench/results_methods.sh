@@ -9,5 +9,5 @@ R="eval-every=20"
 .venv/bin/python run.py --out "$OUT" --seeds 0 1 2 --config conf/gfmfr-pfedrec.toml --run-config "$R run-name='gfmfr-pfedrec'"
 .venv/bin/python run.py --out "$OUT" --seeds 0 1 2 --config conf/fedsllm-pfedrec.toml --run-config "$R run-name='fedsllm-pfedrec'"
 for s in random cluster entropy; do
-  .venv/bin/python run.py --out "$OUT" --seeds 0 1 2 --config conf/fedsllm-$s.toml --run-config "$R run-name='fedsllm-$s-pfedrec'"
+  .venv/bin/python run.py --out "$OUT" --seeds ${BASELINE_SEEDS:-0 1 2} --config conf/fedsllm-$s.toml --run-config "$R run-name='fedsllm-$s-pfedrec'"
 done

@@ -65,7 +65,8 @@ def plot_group_dynamics(assignments: dict[int, dict], out_png, n_users: int = 10
         bad="white")
     norm = BoundaryNorm(np.arange(-0.5, num_groups + 0.5), num_groups)
 
-    fig = Figure(figsize=(min(14.0, 2.0 + 0.06 * len(rounds)), min(12.0, 1.5 + 0.06 * len(users))))
+    # at least 5.5 in wide so the title fits however few rounds there are
+    fig = Figure(figsize=(min(14.0, max(5.5, 2.0 + 0.06 * len(rounds))), min(12.0, 1.5 + 0.06 * len(users))))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", interpolation="nearest",

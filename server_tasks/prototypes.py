@@ -183,7 +183,7 @@ def initial_prompt(items_df: pd.DataFrame, max_prototypes: int, *, item_noun: st
 
 def update_prompt(prototypes: Sequence[str], counts, max_prototypes: int, *,
                   item_noun: str = "item") -> str:
-    """Update prompt: current prototypes with their aggregated usage counts from the last round.
+    """Update prompt: current prototypes with their aggregated usage counts since the last revision.
 
     Parameters
     ----------
@@ -219,7 +219,7 @@ def update_prompt(prototypes: Sequence[str], counts, max_prototypes: int, *,
         listing = [f"{j + 1}. {p} (used {int(c)} times, {100.0 * c / total:.0f}%)"
                    for j, (p, c) in enumerate(zip(prototypes, counts))]
         head = (f"These are the current {item_noun} types and how often the clients' training "
-                "samples matched each in the last round:")
+                "samples matched each since the last revision:")
     else:
         listing = [f"{j + 1}. {p}" for j, p in enumerate(prototypes)]
         head = f"These are the current {item_noun} types:"
