@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/results-methods}
 R="eval-every=20"
 .venv/bin/python run.py --out "$OUT" --seeds 0 1 2 --config conf/gfmfr-pfedrec.toml --run-config "$R run-name='gfmfr-pfedrec'"
-.venv/bin/python run.py --out "$OUT" --seeds 0 1 2 --config conf/fedsllm-pfedrec.toml --run-config "$R run-name='fedsllm-pfedrec'"
+.venv/bin/python run.py --out "$OUT" --seeds ${FEDSLLM_SEEDS:-0 1 2} --config conf/fedsllm-pfedrec.toml --run-config "$R run-name='fedsllm-pfedrec'"
 for s in random cluster entropy; do
   .venv/bin/python run.py --out "$OUT" --seeds ${BASELINE_SEEDS:-0 1 2} --config conf/fedsllm-$s.toml --run-config "$R run-name='fedsllm-$s-pfedrec'"
 done
