@@ -87,7 +87,8 @@ def main() -> int:
         if proc.returncode != 0:
             print(proc.stdout[-2000:], proc.stderr[-2000:])
             raise SystemExit(f"{b}: run failed")
-        rounds = [json.loads(x) for x in (outdir / b / "rounds.jsonl").read_text().splitlines()]
+        run_dir = outdir / f"{b}-s0"  # run.py names each run <run-name>-s<seed>
+        rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
         train = [r["train-seconds"] for r in rounds[1:]]
         results[b] = {
             "median_train_round_s": statistics.median(train),
