@@ -151,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(seed)
     if len(finals) > 1:
         print(mean_std_table(finals))
+    if finals and (len(finals) > 1 or args.seeds):
         summary = Path(cfg["out-dir"]) / f"{base_name}-summary.json"
+        if summary.exists():  # never overwrite an earlier result
+            summary = summary.with_name(f"{base_name}-summary-{stamp}.json")
         summary.write_text(json.dumps({"seeds": [f["seed"] for f in finals], "finals": finals}, indent=2))
         print(f"summary: {summary}")
     return 1 if failed else 0

@@ -14,7 +14,6 @@ Hooks for the method clients (GFMFR, FedSLLM):
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from flwr.client import NumPyClient
 from fedmm.config import RunConfig
 from fedmm.data.sampling import eval_negatives, sample_negatives
 from fedmm.data.split import UserData
+from fedmm.device import resolve_device
 from fedmm.metrics import leave_one_out_metrics
 from fedmm.models.base import FedRecModel
 
@@ -51,22 +51,6 @@ class LocalSettings:
     def from_config(cls, cfg: RunConfig) -> "LocalSettings":
         return cls(cfg.local_epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.num_negatives,
                    cfg.device, cfg.seed, cfg.ldp_delta, cfg.topk, cfg.protocols(), cfg.num_eval_negatives)
-
-
-_warned_cuda = False
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``cuda`` when asked for and visible, else ``cpu`` (warning once if cuda was asked for)."""
-    global _warned_cuda
-    if requested == "cuda":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if not _warned_cuda:
-            warnings.warn("device='cuda' was requested but no GPU is visible; training on CPU",
-                          RuntimeWarning, stacklevel=2)
-            _warned_cuda = True
-    return torch.device("cpu")
 
 
 class FedRecClient(NumPyClient):

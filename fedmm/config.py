@@ -8,11 +8,12 @@ with explicit casts and checks, which is what the rest of the code receives.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,12 +32,114 @@ PROTOCOL_CHOICES = ("both", "full", "sampled")
 DEVICE_CHOICES = ("cpu", "cuda")
 
 
-def _key(field_name: str) -> str:
-    return field_name.replace("_", "-")
+def cast_value(key: str, raw: Any, kind: str) -> Any:
+    """Explicit cast of one run-config value to ``kind`` (``str``/``int``/``float``/``bool``).
+
+    Booleans are not numbers here, ints must be whole, floats finite.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``key`` when ``raw`` cannot be cast.
+    """
+    try:
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+                return raw.strip().lower() == "true"
+            raise ValueError(raw)
+        if kind in ("int", "float") and isinstance(raw, bool):
+            raise ValueError(raw)
+        if kind == "int":
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw)
+        if kind == "float":
+            out = float(raw)
+            if not math.isfinite(out):
+                raise ValueError(raw)
+            return out
+        return str(raw).strip()
+    except (TypeError, ValueError):
+        raise ConfigError(f"run-config key '{key}' = {raw!r} is not a valid {kind}") from None
+
+
+def comma_list(raw: Any) -> tuple[str, ...]:
+    """``"Text, kg,text"`` -> ``("text", "kg")`` (lower-cased, de-duplicated, order kept)."""
+    return tuple(dict.fromkeys(m.strip().lower() for m in str(raw).split(",") if m.strip()))
+
+
+def int_list(raw: Any) -> tuple[int, ...]:
+    """``"20,5,10"`` -> ``(5, 10, 20)``."""
+    return tuple(sorted({int(x) for x in str(raw).split(",") if x.strip()}))
+
+
+class ConfigSection:
+    """Typed section of the run config, read once at the entry point (mixin for frozen
+    dataclasses). Field ``foo_bar`` is the key ``PREFIX + "foo-bar"`` (a trailing ``_``, as in
+    ``lambda_``, is dropped). Fields are ``str``/``int``/``float``/``bool``, or are named in
+    ``PARSERS`` (field -> (parser, what the value must be)). Subclasses put range checks in
+    :meth:`check` and build their errors with :meth:`bad`.
+    """
+
+    PREFIX: ClassVar[str] = ""
+    PARSERS: ClassVar[Mapping[str, tuple[Callable[[Any], Any], str]]] = {}
+
+    @classmethod
+    def key(cls, field_name: str) -> str:
+        """Run-config key of a field (``lambda_schedule`` -> ``<prefix>lambda-schedule``)."""
+        return cls.PREFIX + field_name.rstrip("_").replace("_", "-")
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """Every run-config key this section reads."""
+        return [cls.key(f.name) for f in fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any]):
+        """Read, cast and check this section from a run-config mapping (hyphenated keys).
+        Keys of other sections are ignored.
+
+        Raises
+        ------
+        ConfigError
+            A key is missing, cannot be cast, or is out of range (the message names it).
+        """
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = cls.key(f.name)
+            if key not in cfg:
+                raise ConfigError(
+                    f"run-config key '{key}' is missing; declare it in pyproject.toml "
+                    f"[tool.flwr.app.config] or pass it with --run-config \"{key}=...\"")
+            raw = cfg[key]
+            if f.name in cls.PARSERS:
+                parse, what = cls.PARSERS[f.name]
+                try:
+                    values[f.name] = parse(raw)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"run-config key '{key}' = {raw!r} is not a valid "
+                                      f"{what}") from None
+            else:
+                values[f.name] = cast_value(key, raw, str(f.type))
+        out = cls(**values)
+        out.check()
+        return out
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` naming the key when a value is out of range."""
+
+    def bad(self, name: str, why: str) -> ConfigError:
+        """The error for field ``name`` (or its hyphenated key): key, value and ``why``."""
+        attr = name.replace("-", "_")
+        if not hasattr(self, attr):
+            attr += "_"
+        return ConfigError(f"run-config key '{self.key(attr)}' = {getattr(self, attr)!r}: {why}")
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(ConfigSection):
     """All run-config keys, typed. Field ``foo_bar`` is the TOML key ``foo-bar``.
 
     See ``pyproject.toml`` ``[tool.flwr.app.config]`` for defaults and one-line docs.
@@ -74,41 +177,12 @@ class RunConfig:
     out_dir: str
     threads: int
 
-    # ------------------------------------------------------------------------------------
-    @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any]) -> "RunConfig":
-        """Build from a run-config mapping (hyphenated keys). Unknown keys are ignored here
-        (other components may declare their own); missing ones raise :class:`ConfigError`."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = _key(f.name)
-            if key not in cfg:
-                raise ConfigError(
-                    f"run-config key '{key}' is missing; declare it in pyproject.toml "
-                    f"[tool.flwr.app.config] or pass it with --run-config \"{key}=...\"")
-            raw = cfg[key]
-            try:
-                if f.name == "topk":
-                    values[f.name] = tuple(sorted({int(x) for x in str(raw).split(",") if x.strip()}))
-                elif f.type in ("int",):
-                    if isinstance(raw, float) and not raw.is_integer():
-                        raise ValueError(raw)
-                    values[f.name] = int(raw)
-                elif f.type in ("float",):
-                    values[f.name] = float(raw)
-                else:
-                    values[f.name] = str(raw)
-            except (TypeError, ValueError):
-                raise ConfigError(f"run-config key '{key}' = {raw!r} is not a valid {f.type}") from None
-        out = cls(**values)
-        out.check()
-        return out
+    PARSERS: ClassVar = {"topk": (int_list, "comma-separated list of integers")}
 
+    # ------------------------------------------------------------------------------------
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the key when a value is out of range."""
-        def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"run-config key '{key}' = {getattr(self, key.replace('-', '_'))!r}: {why}")
-
+        bad = self.bad
         for key, choices in (("backbone", BACKBONE_CHOICES), ("method", METHOD_CHOICES),
                              ("aggregation", AGGREGATION_CHOICES),
                              ("eval-protocol", PROTOCOL_CHOICES), ("device", DEVICE_CHOICES)):
@@ -147,7 +221,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Hyphenated-key dict (what was resolved), JSON-serialisable."""
-        return {_key(k): (",".join(map(str, v)) if k == "topk" else v)
+        return {self.key(k): (",".join(map(str, v)) if k == "topk" else v)
                 for k, v in dataclasses.asdict(self).items()}
 
 

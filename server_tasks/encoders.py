@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from server_tasks.text_encoder import EncoderError, encode_texts, resolve_device
+from fedmm.device import resolve_device
+from server_tasks.text_encoder import EncoderError, encode_texts
 
 #: Run-config key that selects the image encoder (named in error messages).
 IMAGE_CONFIG_KEY = "image-encoder"

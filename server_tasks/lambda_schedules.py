@@ -65,6 +65,10 @@ class _Schedule:
     def _clip(self, value: float) -> float:
         return float(min(max(value, 0.0), self.max_value))
 
+    def _scaled(self, rec_loss, dis_loss) -> float:
+        """``b * a_t``."""
+        return self.base * _ratio(rec_loss, dis_loss, self.eps)
+
     def target(self, server_round: int, rec_loss, dis_loss) -> float:
         """Un-smoothed value at round ``server_round``."""
         raise NotImplementedError
@@ -104,11 +108,13 @@ class ScaleAlign(_Schedule):
     """ScaleAlign: ``lambda_t = base * rec_loss / max(dis_loss, eps)``."""
 
     def target(self, server_round, rec_loss, dis_loss) -> float:
-        return self.base * _ratio(rec_loss, dis_loss, self.eps)
+        return self._scaled(rec_loss, dis_loss)
 
 
 @dataclass(frozen=True)
 class _Smoothed(_Schedule):
+    """Exponential smoothing with the previous round's value (``beta``)."""
+
     beta: float = 0.9
 
     def __post_init__(self) -> None:
@@ -124,43 +130,43 @@ class _Smoothed(_Schedule):
 
 
 @dataclass(frozen=True)
+class _Ramped(_Schedule):
+    """Linear ramp over ``ramp_rounds`` rounds."""
+
+    ramp_rounds: int = 50
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if int(self.ramp_rounds) < 1:
+            raise ValueError(f"ramp_rounds must be >= 1, got {self.ramp_rounds}")
+
+    def _ramp(self, server_round: int) -> float:
+        return _ramp(server_round, int(self.ramp_rounds))
+
+
+@dataclass(frozen=True)
 class SmoothCoef(_Smoothed):
     """SmoothCoef: ``lambda_t = beta * lambda_{t-1} + (1 - beta) * base * a_t``."""
 
     def target(self, server_round, rec_loss, dis_loss) -> float:
-        return self.base * _ratio(rec_loss, dis_loss, self.eps)
+        return self._scaled(rec_loss, dis_loss)
 
 
 @dataclass(frozen=True)
-class ProgressiveScale(_Schedule):
+class ProgressiveScale(_Ramped):
     """ProgressiveScale: ``lambda_t = base * min(1, t / ramp_rounds)``."""
 
-    ramp_rounds: int = 50
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if int(self.ramp_rounds) < 1:
-            raise ValueError(f"ramp_rounds must be >= 1, got {self.ramp_rounds}")
-
     def target(self, server_round, rec_loss, dis_loss) -> float:
-        return self.base * _ramp(server_round, int(self.ramp_rounds))
+        return self.base * self._ramp(server_round)
 
 
 @dataclass(frozen=True)
-class SmoothProgressive(_Smoothed):
+class SmoothProgressive(_Ramped, _Smoothed):
     """Smooth+Progressive (paper default):
     ``lambda_t = beta * lambda_{t-1} + (1 - beta) * base * min(1, t / ramp_rounds) * a_t``."""
 
-    ramp_rounds: int = 50
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if int(self.ramp_rounds) < 1:
-            raise ValueError(f"ramp_rounds must be >= 1, got {self.ramp_rounds}")
-
     def target(self, server_round, rec_loss, dis_loss) -> float:
-        return (self.base * _ramp(server_round, int(self.ramp_rounds))
-                * _ratio(rec_loss, dis_loss, self.eps))
+        return self._ramp(server_round) * self._scaled(rec_loss, dis_loss)
 
 
 #: Canonical schedule names (run-config key ``lambda-schedule``) -> class.

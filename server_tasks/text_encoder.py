@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import functools
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from fedmm.device import resolve_device
 
 #: Run-config key that selects the text encoder (named in error messages).
 CONFIG_KEY = "text-encoder"
@@ -32,26 +33,6 @@ _MAX_TOKENS_CAP = 512
 
 class EncoderError(RuntimeError):
     """An encoder model cannot be loaded or used; the message names the config key and the fix."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """Return ``torch.device(device)``, falling back to CPU with a warning if CUDA is absent.
-
-    Parameters
-    ----------
-    device : str
-        ``"cpu"``, ``"cuda"`` or ``"cuda:<i>"``.
-
-    Returns
-    -------
-    torch.device
-    """
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(f"device={device!r} requested but no CUDA device is visible; using cpu",
-                      RuntimeWarning, stacklevel=3)
-        return torch.device("cpu")
-    return dev
 
 
 def _packaged_minilm_path() -> Path:

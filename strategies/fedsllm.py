@@ -69,7 +69,7 @@ from flwr.serverapp import Grid
 from clients.fedsllm import (COUNTS_KEY, EPS_CFG, FRACTION_CFG, PAYLOAD_RECORD, PROTOTYPES_KEY,
                              SAMPLER_CFG, SIMILARITY_KEY)
 from clients.selection import PROTOTYPE_METHODS, SAMPLERS
-from fedmm.config import ConfigError, RunConfig
+from fedmm.config import ConfigError, ConfigSection, RunConfig
 from strategies.aggregation import ReplyError
 from strategies.base import EXTRAS, ITEM_TABLE_KEY, METRICS, FedRecStrategy, dict_to_arrays
 
@@ -141,34 +141,8 @@ def parse_llm_spec(value: str) -> LLMSpec:
     return LLMSpec("transformers", model=text)
 
 
-def _cast(key: str, raw: Any, kind: type) -> Any:
-    """Explicit cast of one run-config value; :class:`ConfigError` names the key."""
-    try:
-        if kind is bool:
-            if isinstance(raw, bool):
-                return raw
-            if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
-                return raw.strip().lower() == "true"
-            raise ValueError(raw)
-        if isinstance(raw, bool):
-            raise ValueError(raw)
-        if kind is int:
-            if isinstance(raw, float) and not raw.is_integer():
-                raise ValueError(raw)
-            return int(raw)
-        if kind is float:
-            out = float(raw)
-            if not math.isfinite(out):
-                raise ValueError(raw)
-            return out
-        return str(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"run-config key '{key}' = {raw!r} is not a valid "
-                          f"{kind.__name__}") from None
-
-
 @dataclass(frozen=True)
-class FedSLLMConfig:
+class FedSLLMConfig(ConfigSection):
     """The ``fedsllm-*`` run-config keys, typed. Field ``foo_bar`` is the key ``fedsllm-foo-bar``.
 
     Defaults and one-line docs live in ``pyproject.toml`` under ``# -- fedsllm``.
@@ -176,6 +150,7 @@ class FedSLLMConfig:
 
     #: All run-config keys of this section (filled in right after the class).
     KEYS: ClassVar[tuple[str, ...]] = ()
+    PREFIX: ClassVar[str] = _PREFIX
 
     sampler: str
     fraction: float
@@ -194,44 +169,9 @@ class FedSLLMConfig:
     ae_init_baselines: bool
     item_noun: str
 
-    @staticmethod
-    def key(field_name: str) -> str:
-        """Run-config key of a field: ``max_prototypes`` -> ``fedsllm-max-prototypes``."""
-        return _PREFIX + field_name.replace("_", "-")
-
-    @classmethod
-    def keys(cls) -> list[str]:
-        """All run-config keys this section reads."""
-        return [cls.key(f.name) for f in fields(cls)]
-
-    @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any]) -> "FedSLLMConfig":
-        """Read and check the section from a run-config mapping (hyphenated keys).
-
-        Raises
-        ------
-        ConfigError
-            A key is missing or a value has the wrong type or range (the message names it).
-        """
-        kinds = {"str": str, "float": float, "int": int, "bool": bool}
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = cls.key(f.name)
-            if key not in cfg:
-                raise ConfigError(
-                    f"run-config key '{key}' is missing; declare it in pyproject.toml "
-                    f"[tool.flwr.app.config] or pass it with --run-config \"{key}=...\"")
-            values[f.name] = _cast(key, cfg[key], kinds[str(f.type)])
-        out = cls(**values)
-        out.check()
-        return out
-
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the key when a value is out of range."""
-        def bad(name: str, why: str) -> ConfigError:
-            return ConfigError(f"run-config key '{self.key(name)}' = "
-                               f"{getattr(self, name)!r}: {why}")
-
+        bad = self.bad
         if self.sampler not in SAMPLERS:
             raise bad("sampler", f"choose one of {sorted(SAMPLERS)}")
         if not 0.0 < self.fraction <= 1.0:
@@ -506,7 +446,7 @@ class FedSLLM(FedRecStrategy):
               data: Any, run_dir: Path | None, model: Any) -> "FedSLLM":
         """Read the ``fedsllm-*`` keys once and build the strategy (see ``strategies.factory``)."""
         from fedmm.data.split import default_cache_dir, load_item_side
-        from server_tasks.text_encoder import resolve_device
+        from fedmm.device import resolve_device
 
         settings = FedSLLMConfig.from_mapping(run_config)
         side = load_item_side(cfg.dataset, cfg.rating_threshold, cfg.min_interactions,

@@ -69,10 +69,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from clients.base import resolve_device
+from fedmm.device import resolve_device
 from clients.gfmfr import (DIS_LOSS, FEATURES, LAMBDA_KEY, PAYLOAD, PREFERENCE, REC_LOSS,
                            SCORER_PREFIX, ScorerPlan, scorer_plan)
-from fedmm.config import ConfigError
+from fedmm.config import ConfigError, ConfigSection, comma_list
 from fedmm.models.base import FedRecModel
 from server_tasks.clustering import METHODS as CLUSTER_METHODS
 from server_tasks.clustering import GroupTracker
@@ -89,13 +89,15 @@ KEY_PREFIX = "gfmfr-"
 
 
 @dataclass(frozen=True)
-class GFMFRConfig:
+class GFMFRConfig(ConfigSection):
     """GFMFR's run-config section, typed. Field ``foo_bar`` is the key ``gfmfr-foo-bar``
     (``lambda_`` is ``gfmfr-lambda``); defaults and one-line docs live in ``pyproject.toml``.
     """
 
     #: Every run-config key this section reads (set below the class from the fields).
     KEYS: ClassVar[tuple[str, ...]] = ()
+    PREFIX: ClassVar[str] = KEY_PREFIX
+    PARSERS: ClassVar = {"modalities": (comma_list, "comma-separated list")}
 
     groups: int
     cluster: str
@@ -115,58 +117,9 @@ class GFMFRConfig:
     lambda_max: float
     plot_users: int
 
-    @staticmethod
-    def key(field_name: str) -> str:
-        """Run-config key of a field (``lambda_schedule`` -> ``gfmfr-lambda-schedule``)."""
-        return KEY_PREFIX + field_name.rstrip("_").replace("_", "-")
-
-    @classmethod
-    def keys(cls) -> list[str]:
-        """Every run-config key this section reads."""
-        return [cls.key(f.name) for f in fields(cls)]
-
-    @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any]) -> "GFMFRConfig":
-        """Read and check the ``gfmfr-*`` keys of a run config (once, at the entry point).
-
-        Raises
-        ------
-        ConfigError
-            A key is missing, cannot be cast, or is out of range (the message names it).
-        """
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = cls.key(f.name)
-            if key not in cfg:
-                raise ConfigError(f"run-config key '{key}' is missing; declare it in pyproject.toml "
-                                  f"[tool.flwr.app.config] or pass it with --run-config \"{key}=...\"")
-            raw = cfg[key]
-            try:
-                if f.name == "modalities":
-                    values[f.name] = tuple(dict.fromkeys(
-                        m.strip().lower() for m in str(raw).split(",") if m.strip()))
-                elif f.type == "int":
-                    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                        raise ValueError(raw)
-                    values[f.name] = int(raw)
-                elif f.type == "float":
-                    if isinstance(raw, bool):
-                        raise ValueError(raw)
-                    values[f.name] = float(raw)
-                else:
-                    values[f.name] = str(raw).strip()
-            except (TypeError, ValueError):
-                raise ConfigError(f"run-config key '{key}' = {raw!r} is not a valid "
-                                  f"{'comma-separated list' if f.name == 'modalities' else f.type}") from None
-        out = cls(**values)
-        out.check()
-        return out
-
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the key when a value is out of range."""
-        def bad(name: str, why: str) -> ConfigError:
-            return ConfigError(f"run-config key '{self.key(name)}' = {getattr(self, name)!r}: {why}")
-
+        bad = self.bad
         for name in ("groups", "kg_dim", "group_dim", "hidden", "epochs", "lambda_ramp",
                      "plot_users"):
             if getattr(self, name) < 1:
@@ -329,6 +282,57 @@ def item_modalities(dataset_key: str, items: pd.DataFrame, kg: pd.DataFrame | No
 # ------------------------------------------------------------------------------------------
 # strategy
 # ------------------------------------------------------------------------------------------
+
+def signal_diagnostics(q: torch.Tensor, targets: torch.Tensor, active: list[int],
+                       scorer: torch.nn.Module | None,
+                       pbars: Mapping[int, dict[str, torch.Tensor]]) -> dict[str, float]:
+    """How faithful this round's fused features and group signals are (logged per round).
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        float ``(g, N, d)``: fused item features ``Q_l`` of every group.
+    targets : torch.Tensor
+        float ``(g, N, d)``: group targets ``C_l`` (members' averaged item tables).
+    active : list of int
+        Groups with members this round (the others have no target).
+    scorer : torch.nn.Module or None
+        A backbone instance whose ``score_vectors`` applies ``P̄_l`` after loading ``pbars[l]``
+        (server mode); ``None`` in client mode (``P̄_l`` needs the private user embedding).
+    pbars : mapping
+        Group -> averaged prediction-function state ``P̄_l``.
+
+    Returns
+    -------
+    dict
+        ``gfmfr-fusion-r2``: ``1 - MSE(Q, C) / Var(C)`` over the active groups (share of the
+        targets' variance the fusion module reproduces). Server mode also gives
+        ``gfmfr-signal-corr``: mean over active groups of the Pearson correlation, across items,
+        between the logits ``P̄_l(Q_l)`` that are sent and ``P̄_l(C_l)`` (the signal an exact fit
+        would give), and ``gfmfr-signal-std``: mean across groups of the std over items of the
+        sent probability ``p``.
+    """
+    idx = torch.as_tensor(active, dtype=torch.long)
+    qa, ca = q[idx].float(), targets[idx].float()
+    var = float(((ca - ca.mean(dim=1, keepdim=True)) ** 2).mean())
+    out = {"gfmfr-fusion-r2": 1.0 - float(((qa - ca) ** 2).mean()) / max(var, 1e-12)}
+    if scorer is None:
+        return out
+    corrs, stds = [], []
+    with torch.no_grad():
+        for j, l in enumerate(active):
+            scorer.load_state_dict(pbars[l], strict=False)
+            sent = scorer.score_vectors(qa[j]).float().reshape(-1)
+            exact = scorer.score_vectors(ca[j]).float().reshape(-1)
+            a, b = sent - sent.mean(), exact - exact.mean()
+            denom = float(a.norm() * b.norm())
+            corrs.append(float((a * b).sum()) / denom if denom > 0 else 0.0)
+            stds.append(float(torch.sigmoid(sent).std()))
+    out["gfmfr-signal-corr"] = float(np.mean(corrs))
+    out["gfmfr-signal-std"] = float(np.mean(stds))
+    return out
+
+
 class GFMFR(FedRecStrategy):
     """The base federated-recommendation strategy plus GFMFR's server side.
 
@@ -485,6 +489,9 @@ class GFMFR(FedRecStrategy):
         for l, pbar in self._pbar.items():
             self._signals[l] = self._signal(q[l], pbar)
         t3 = time.perf_counter()
+        self._info.update(signal_diagnostics(q, targets.cpu(), active,
+                                             self._scorer if self.plan.mode == "server" else None,
+                                             {l: self._pbar[l] for l in active}))
 
         self._losses = (float(np.mean(rec)) if rec else None, float(np.mean(dis)) if dis else None)
         sizes = np.bincount(labels, minlength=self.num_groups).tolist()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -39,25 +37,7 @@ DIM = 8
 GENRES = ["Action|Adventure", "Comedy|Romance", "Drama|War", "Animation|Children's", "unknown"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on 2 shared cores: one intra-op thread avoids oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _serverapp_identity(monkeypatch):
-    """Messages need the task identity that Flower's ServerApp runtime sets before ``main``
-    (flwr/superlink/runtime/run_serverapp.py); set it as the SuperLink's, restored after."""
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+pytestmark = pytest.mark.usefixtures("serverapp_identity")
 
 
 def _defaults() -> dict:
@@ -493,39 +473,9 @@ ANSWERS = ["1. Action adventure\n2. Animated family\n3. Romantic drama",
            "1. Action adventure\n2. Animated family\n3. Crime thriller\n4. War epic"]
 
 
-@pytest.fixture()
-def fake_llm_server():
-    """A real OpenAI-compatible HTTP server on 127.0.0.1 answering with ANSWERS in turn."""
-    seen: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            text = ANSWERS[min(len(seen), len(ANSWERS)) - 1]
-            reply = json.dumps({"choices": [{"index": 0, "message": {
-                "role": "assistant", "content": text}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
-
-
-def test_fedsllm_end_to_end_through_flower(tmp_path, tiny_grouplens, fake_llm_server):
-    url, seen = fake_llm_server
+def test_fedsllm_end_to_end_through_flower(tmp_path, tiny_grouplens, chat_server):
+    root, seen = chat_server(ANSWERS)
+    url = root + "/v1"
     proc, out = run_app(tmp_path, tiny_grouplens,
                         f"method='fedsllm' fedsllm-llm='openai:{url}:fake-chat' "
                         "num-server-rounds=3 eval-every=3 fraction-train=0.5 fedsllm-fraction=0.3 "
@@ -550,5 +500,5 @@ def test_fedsllm_end_to_end_through_flower(tmp_path, tiny_grouplens, fake_llm_se
     prompts = _jsonl(run / "prototype-prompts.jsonl")
     assert [p["round"] for p in prompts] == [0, 1, 2] and len(seen) == 3
     assert "movies" in prompts[0]["prompt"] and "used" in prompts[1]["prompt"]
-    assert seen[0]["model"] == "fake-chat"
+    assert seen[0]["body"]["model"] == "fake-chat"
     assert final["test"]["sampled_hr@10"] >= 0.0

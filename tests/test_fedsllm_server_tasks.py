@@ -5,9 +5,7 @@ import importlib.util
 import json
 import logging
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pandas as pd
@@ -49,16 +47,6 @@ from server_tasks.prototypes import (
     update_prompt,
     validate_prototypes,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on 2 shared cores: one intra-op thread avoids OpenMP oversubscription
-    (measured here under load: 60 AE epochs 0.1 s with 1 thread vs 50 s with 2)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _items() -> pd.DataFrame:
@@ -298,41 +286,8 @@ def test_manager_first_call_garbage_falls_back_to_genres(tmp_path, caplog):
 
 
 # ----- OpenAI-compatible backend ------------------------------------------------------------
-@pytest.fixture()
-def chat_server():
-    """Real HTTP server on 127.0.0.1 (OS-chosen free port) with a canned chat completion."""
-    seen = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append({"path": self.path, "body": body,
-                         "auth": self.headers.get("Authorization")})
-            reply = json.dumps({"id": "x", "object": "chat.completion", "choices": [{
-                "index": 0, "finish_reason": "stop", "message": {
-                    "role": "assistant",
-                    "content": "1. Action adventure\n2. Romantic comedy\n3. Crime thriller"}}]})
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply.encode())
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
-
-
 def test_openai_compatible_against_local_server(chat_server, monkeypatch, tmp_path):
-    url, seen = chat_server
+    url, seen = chat_server(["1. Action adventure\n2. Romantic comedy\n3. Crime thriller"])
     monkeypatch.setenv("FEDMM_TEST_KEY", "sk-test")
     llm = OpenAICompatible(url + "/v1/", "tiny-chat", api_key_env="FEDMM_TEST_KEY", timeout=5,
                            max_tokens=64, seed=3)
@@ -481,3 +436,13 @@ def test_text_prototype_embedder_uses_calibrated_encoder():
     assert vectors.shape == (2, 4) and vectors.dtype == np.float32
     with torch.no_grad():
         np.testing.assert_allclose(vectors, model.embed(x[[1, 0]]).numpy(), atol=1e-6)
+
+
+def test_uncertainty_samplers_agree_for_binary_predictions():
+    """Entropy, margin and least confidence all rank by |p - 0.5| for a binary predictor, so
+    they keep the same samples (why docs/results.md reports one run for the three)."""
+    probs = np.random.default_rng(0).uniform(0.02, 0.98, size=200)
+    for fraction in (0.05, 0.1, 0.5):
+        ref = select_entropy(probs, fraction).tolist()
+        assert select_margin(probs, fraction).tolist() == ref
+        assert select_least_confidence(probs, fraction).tolist() == ref

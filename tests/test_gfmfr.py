@@ -22,31 +22,14 @@ from server_tasks import encoders as enc
 from server_tasks.fusion import fuse
 from strategies.aggregation import ReplyError
 from strategies.base import dict_to_arrays
-from strategies.gfmfr import GFMFR, GFMFRConfig, item_modalities, text_view
+from strategies.gfmfr import (GFMFR, GFMFRConfig, item_modalities, signal_diagnostics,
+                              text_view)
 
 ROOT = Path(__file__).resolve().parents[1]
 N_ITEMS, DIM, N_USERS = 40, 8, 6
 
 
-@pytest.fixture(autouse=True)
-def _server_identity(monkeypatch):
-    """Messages take run and source ids from ``TaskIdentity``, which Flower's ServerApp runtime
-    sets (flwr/superlink/runtime/run_serverapp.py); set them the same way here."""
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One compute thread: on the shared 2-core machine tiny multi-threaded ops crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("serverapp_identity")
 
 
 def defaults(**overrides) -> dict:
@@ -346,6 +329,9 @@ def test_server_mode_rounds(tmp_path):
         got = strategy._signals[group][PREFERENCE].numpy()
         np.testing.assert_allclose(got[:, 1], p, rtol=1e-4, atol=1e-5)
     assert set(groups) == set(labels)
+    info = strategy.round_info()
+    assert info["gfmfr-fusion-r2"] <= 1.0 and -1.0 <= info["gfmfr-signal-corr"] <= 1.0
+    assert 0.0 <= info["gfmfr-signal-std"] <= 0.5
 
     # Round 3: lambda follows the schedule fed by the reported losses.
     rec, dis = strategy._losses
@@ -441,3 +427,26 @@ def test_gfmfr_end_to_end(tmp_path, tiny_grouplens):
     assert sorted(block["modalities"]) == ["kg", "text"] and block["modalities"]["text"] == 384
     assert block["modality-notes"]["image"].startswith("dropped")
     assert "gfmfr: modality 'image' dropped" in proc.stdout + proc.stderr
+
+
+def test_signal_diagnostics_by_hand():
+    torch.manual_seed(0)
+    model = make_model("pfedrec")
+    pbar = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("score_fn")}
+    targets = torch.randn(3, N_ITEMS, DIM)
+    targets[1] = float("nan")                      # group 1 had no members this round
+    exact = signal_diagnostics(targets.clone(), targets, [0, 2], model, {0: pbar, 2: pbar})
+    assert exact["gfmfr-fusion-r2"] == pytest.approx(1.0)
+    assert exact["gfmfr-signal-corr"] == pytest.approx(1.0)
+    logits = model.score_vectors(targets[0]).detach().reshape(-1)
+    assert exact["gfmfr-signal-std"] == pytest.approx(
+        float((torch.sigmoid(logits).std() + torch.sigmoid(
+            model.score_vectors(targets[2]).detach().reshape(-1)).std()) / 2), rel=1e-5)
+    # Q = the group mean of C for every item: no variance explained, constant signal.
+    flat = targets.clone()
+    flat[[0, 2]] = targets[[0, 2]].mean(dim=1, keepdim=True).expand(-1, N_ITEMS, -1)
+    out = signal_diagnostics(flat, targets, [0, 2], model, {0: pbar, 2: pbar})
+    assert out["gfmfr-fusion-r2"] == pytest.approx(0.0, abs=1e-6)
+    assert out["gfmfr-signal-corr"] == 0.0 and out["gfmfr-signal-std"] == pytest.approx(0.0, abs=1e-7)
+    client_mode = signal_diagnostics(targets.clone(), targets, [0, 2], None, {})
+    assert set(client_mode) == {"gfmfr-fusion-r2"}

@@ -27,19 +27,14 @@ SKLEARN_IMAGES = Path(__import__("sklearn").__file__).parent / "datasets" / "ima
 
 @pytest.fixture(autouse=True)
 def _offline_single_thread(monkeypatch):
-    """Offline HF, and one compute thread: on the shared 2-core machine, multi-threaded
-    tiny matmuls spin-wait on descheduled threads and run ~100x slower."""
+    """Offline HF, and one BLAS/OpenMP thread (torch's own is set in conftest.py): on the
+    shared 2-core machine, multi-threaded tiny matmuls spin-wait and run ~100x slower."""
     from threadpoolctl import threadpool_limits
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(threads)
+    with threadpool_limits(limits=1):
+        yield
 
 
 def _has(module: str) -> bool:
