@@ -16,8 +16,9 @@ PART=${1:-all}
 run() { .venv/bin/python run.py --out "$OUT/$1" "${@:2}"; }
 if [[ $PART == all || $PART == sweep ]]; then
   B="num-server-rounds=100 eval-every=20"
-  run sweep --seeds 0 --config conf/gfmfr-baseline-pfedrec.toml --run-config "$B run-name='pfedrec'"
   run sweep --seeds 0 --config conf/gfmfr-pfedrec.toml --run-config "$B run-name='gfmfr'"
+  [[ -d $OUT/sweep/pfedrec-s0 ]] ||   # backbone alone, no GFMFR code involved: kept if present
+    run sweep --seeds 0 --config conf/gfmfr-baseline-pfedrec.toml --run-config "$B run-name='pfedrec'"
   for x in ablation-random ablation-single ablation-multiple \
            lambda-constant lambda-scale-align lambda-smooth lambda-progressive ldp1 ldp2 ldp3; do
     run sweep --seeds 0 --config conf/gfmfr-$x.toml --run-config "$B run-name='$x'"

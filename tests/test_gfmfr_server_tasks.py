@@ -358,6 +358,28 @@ def test_train_fusion_reduces_mse_and_skips_empty_groups(kind):
     assert train_fusion(module, mods, masks, targets, group_ids=[], epochs=3) == []
 
 
+@pytest.mark.parametrize("kind", ["mlp", "multiple"])
+def test_train_fusion_is_scale_free(kind):
+    """The output affine follows the targets: the same targets x 50 + 7 are fitted equally well
+    (relative error), and the affine holds their mean and standard deviation."""
+    mods, masks = _modalities()
+    g = torch.Generator().manual_seed(5)
+    base = torch.tanh(mods["text"] @ torch.randn(12, D, generator=g))
+    r2 = []
+    for scale, shift in ((1.0, 0.0), (50.0, 7.0)):
+        targets = torch.stack([base, -base]) * scale + shift
+        module = make_fusion(kind, {m: x.shape[1] for m, x in mods.items()}, 2, D, seed=0)
+        hist = train_fusion(module, mods, masks, targets, group_ids=[0, 1], epochs=80, lr=1e-2)
+        q = fuse(module, mods, masks)
+        err = float(((q - targets) ** 2).mean())
+        assert hist[-1] == pytest.approx(err, rel=0.2)
+        assert float(module.target_scale) == pytest.approx(float(targets.std(unbiased=False)),
+                                                           rel=1e-3)
+        torch.testing.assert_close(module.target_mean, targets.reshape(-1, D).mean(0))
+        r2.append(1 - err / float(targets.var(unbiased=False)))
+    assert r2[0] > 0.5 and r2[1] == pytest.approx(r2[0], abs=0.05)
+
+
 # ------------------------------------------------------------------------------------------
 # group preference + averaging
 # ------------------------------------------------------------------------------------------
