@@ -94,6 +94,7 @@ class FedRecStrategy(FedAvg):
         self.on_round = on_round
         self._rng = random.Random(seed)
         self._global: dict[str, np.ndarray] | None = None
+        self._down: dict[int, int] = {}          # node id -> bytes of its train message
         self._round: dict[str, Any] = {}
         self._t0 = 0.0
         self.history: list[dict[str, Any]] = []
@@ -145,12 +146,13 @@ class FedRecStrategy(FedAvg):
         sampled = sorted(self._rng.sample(nodes, k))
         cfg = ConfigRecord({**dict(config), "server-round": server_round, "aggregation": self.aggregation})
         payload = self.train_payload(server_round, sampled)
-        messages, down = [], 0
+        messages, self._down = [], {}
         for nid in sampled:
             content = RecordDict({ARRAYS: arrays, CONFIG: cfg, **payload.get(nid, {})})
-            down += record_bytes(content)
+            self._down[nid] = record_bytes(content)
             messages.append(Message(content=content, dst_node_id=nid, message_type=MessageType.TRAIN))
-        self._round.update({"clients": len(sampled), "bytes-down-per-client": down / max(len(sampled), 1)})
+        self._round.update({"clients": len(sampled),
+                            "bytes-down-per-client": sum(self._down.values()) / max(len(sampled), 1)})
         return messages
 
     def aggregate_train(self, server_round: int,
@@ -191,9 +193,16 @@ class FedRecStrategy(FedAvg):
         new = self.server_update(server_round, ok, new)
         server_s = time.perf_counter() - t
         agg = mean_metrics(metrics, weights, skip=("num-examples", "user"))
+        up = [record_bytes(m.content) for m in ok]
+        # Each client's [bytes received, bytes sent] this round, keyed by its user id (node id
+        # when the reply names no user).
+        client_bytes = {str(int(mm.get("user", m.metadata.src_node_id))):
+                        [self._down.get(m.metadata.src_node_id, 0), b]
+                        for m, mm, b in zip(ok, metrics, up)}
         self._round.update({"train-loss": agg.get("train-loss", float("nan")),
                             "failures": len(replies) - len(ok),
-                            "bytes-up-per-client": sum(record_bytes(m.content) for m in ok) / len(ok),
+                            "bytes-up-per-client": sum(up) / len(ok),
+                            "client-bytes": client_bytes,
                             "server-seconds": server_s, "train-seconds": time.perf_counter() - self._t0,
                             **self.round_info()})
         return dict_to_arrays(new), MetricRecord({"train-loss": self._round["train-loss"],

@@ -24,6 +24,11 @@ def test_two_round_simulation_writes_outputs(tmp_path, tiny_grouplens, backbone)
         assert [r["round"] for r in rounds] == [1, 2, 3]
         assert "eval-users" not in rounds[0] and rounds[1]["eval-users"] == 12
         assert rounds[0]["clients"] == 6 and rounds[0]["bytes-up-per-client"] > 0
+        for r in rounds:  # per client [received, sent], consistent with the per-round means
+            per = r["client-bytes"]
+            assert len(per) == 6 and all(0 <= int(u) < 12 for u in per)
+            assert sum(d for d, _ in per.values()) / 6 == pytest.approx(r["bytes-down-per-client"])
+            assert sum(u for _, u in per.values()) / 6 == pytest.approx(r["bytes-up-per-client"])
     for f in finals(out):
         assert f["status"] == "ok" and f["best_round"] in (2, 3)
         assert set(f["test"]) >= {"full_hr@10", "sampled_ndcg@50"}
