@@ -2,6 +2,11 @@
 """Markdown table (mean ± std over seeds) from the ``*-summary.json`` files run.py writes.
 
     python bench/tables.py outputs/results-base --metrics sampled_hr@10 sampled_ndcg@10 full_hr@50 full_ndcg@50
+    python bench/tables.py --row base=outputs/a/pfedrec-summary.json,outputs/b/base-summary.json
+
+Each positional argument is a directory (one row per ``*-summary.json`` in it) or one summary
+file. ``--row NAME=FILE,FILE`` pools the seeds of several summaries into one row. One seed is
+shown without a spread.
 """
 from __future__ import annotations
 
@@ -11,32 +16,40 @@ import statistics
 from pathlib import Path
 
 
-def rows(directory: Path, metrics: list[str], scale: float) -> list[str]:
-    out = []
-    for path in sorted(directory.glob("*-summary.json")):
-        finals = json.loads(path.read_text())["finals"]
-        cells = []
-        for m in metrics:
-            vals = [f["test"][m] * scale for f in finals]
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f"{statistics.mean(vals):.2f} ± {sd:.2f}")
-        rounds = sorted({f["best_round"] for f in finals})
-        out.append(f"| {path.name.removesuffix('-summary.json')} | " + " | ".join(cells)
-                   + f" | {len(finals)} | {','.join(map(str, rounds))} |")
-    return out
+def row(name: str, finals: list[dict], metrics: list[str], scale: float) -> str:
+    cells = []
+    for m in metrics:
+        vals = [f["test"][m] * scale for f in finals]
+        if len(vals) > 1:
+            cells.append(f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}")
+        else:  # one seed: no spread to show
+            cells.append(f"{vals[0]:.2f}")
+    rounds = sorted({f["best_round"] for f in finals})
+    return (f"| {name} | " + " | ".join(cells)
+            + f" | {len(finals)} | {','.join(map(str, rounds))} |")
+
+
+def load(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["finals"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("dirs", nargs="+")
+    ap.add_argument("dirs", nargs="*", help="directories with *-summary.json files, or such files")
+    ap.add_argument("--row", action="append", default=[], metavar="NAME=FILE,FILE",
+                    help="one row pooling the seeds of these summary files")
     ap.add_argument("--metrics", nargs="+", default=["sampled_hr@10", "sampled_ndcg@10", "full_hr@50", "full_ndcg@50"])
     ap.add_argument("--scale", type=float, default=100.0, help="multiply metrics (default: percent)")
     args = ap.parse_args()
     print("| run | " + " | ".join(args.metrics) + " | seeds | best rounds |")
     print("|---" * (len(args.metrics) + 3) + "|")
-    for d in args.dirs:
-        for line in rows(Path(d), args.metrics, args.scale):
-            print(line)
+    for spec in args.row:
+        name, _, files = spec.partition("=")
+        finals = [f for p in files.split(",") for f in load(Path(p))]
+        print(row(name, finals, args.metrics, args.scale))
+    for d in map(Path, args.dirs):
+        for path in (sorted(d.glob("*-summary.json")) if d.is_dir() else [d]):
+            print(row(path.name.removesuffix("-summary.json"), load(path), args.metrics, args.scale))
 
 
 if __name__ == "__main__":
