@@ -5,8 +5,8 @@
     python bench/tables.py --row base=outputs/a/pfedrec-summary.json,outputs/b/base-summary.json
 
 Each positional argument is a directory (one row per ``*-summary.json`` in it) or one summary
-file. ``--row NAME=FILE,FILE`` pools the seeds of several summaries into one row. One seed is
-shown without a spread.
+file. ``--row NAME=PATH,PATH`` pools the seeds of several summaries or run directories
+(their ``final.json``) into one row. One seed is shown without a spread.
 """
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def row(name: str, finals: list[dict], metrics: list[str], scale: float) -> str:
 
 
 def load(path: Path) -> list[dict]:
+    """Finals of a ``*-summary.json``, or the one ``final.json`` of a run directory."""
+    if path.is_dir():
+        return [json.loads((path / "final.json").read_text())]
     return json.loads(path.read_text())["finals"]
 
 
