@@ -66,6 +66,7 @@ __all__ = [
     "TextPrototypeEmbedder",
     "TransformersLLM",
     "cosine_similarity_matrix",
+    "drop_cut_entry",
     "genre_prototypes",
     "initial_prompt",
     "packaged_smollm2_dir",
@@ -296,6 +297,32 @@ def _json_items(text: str) -> list[str] | None:
     return out or None  # e.g. "[1]" inside a markdown list is not a JSON answer
 
 
+_ENTRY_BOUNDARY = re.compile(r"\n|[,;]|(?:(?<=\s)|(?<=[;,]))\(?\d{1,2}[.)]\s")
+
+
+def drop_cut_entry(text: str) -> str:
+    """``text`` without its last, unfinished entry: for an answer cut at the length bound.
+
+    A model that stops at ``max_new_tokens`` usually stops inside an entry ("... 9. Boogie
+    Wo"); that fragment would otherwise parse as a name. Everything after the last entry
+    boundary (a newline, a comma or semicolon, or an inline list number such as ``" 9. "``) is
+    removed. Complete quoted JSON strings before the cut stay parseable (see
+    :func:`parse_prototypes`). Text without a boundary is one unfinished entry: ``""``.
+
+    Parameters
+    ----------
+    text : str
+        Raw model output that ended at the generation bound.
+
+    Returns
+    -------
+    str
+    """
+    text = text.rstrip()
+    cuts = [m.start() for m in _ENTRY_BOUNDARY.finditer(text)]
+    return text[:cuts[-1]].rstrip() if cuts else ""
+
+
 def _clean_item(raw: str, max_words: int) -> str | None:
     """Name part of one list entry, or ``None`` if it is prose, a heading or empty."""
     item = raw.replace("**", "").replace("__", "").replace("`", "").strip()
@@ -517,6 +544,9 @@ class PrototypeProposal:
         Prompt and raw answer of an LLM backend (``None`` otherwise).
     error : str or None
         Why the backend failed (then ``names`` is empty), else ``None``.
+    truncated : bool
+        The answer stopped at the backend's length bound; its unfinished last entry was not
+        parsed (:func:`drop_cut_entry`).
     """
 
     names: list[str]
@@ -525,6 +555,7 @@ class PrototypeProposal:
     system: str | None = None
     response: str | None = None
     error: str | None = None
+    truncated: bool = False
 
 
 class PrototypeGenerator(ABC):
@@ -580,11 +611,21 @@ class ChatLLM(PrototypeGenerator):
         """Prompt the model and parse its answer (backend errors go to ``error``)."""
         prompt = self.build_prompt(request)
         try:
-            response = self.complete(prompt, self.system)
+            response, truncated = self.generate(prompt, self.system)
         except PrototypeBackendError as exc:
             return PrototypeProposal([], prompt=prompt, system=self.system, error=str(exc))
-        return PrototypeProposal(parse_prototypes(response), prompt=prompt, system=self.system,
-                                 response=response)
+        names = parse_prototypes(drop_cut_entry(response) if truncated else response)
+        return PrototypeProposal(names, prompt=prompt, system=self.system, response=response,
+                                 truncated=truncated)
+
+    def generate(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> tuple[str, bool]:
+        """:meth:`complete`, and whether the answer was cut at the backend's length bound.
+
+        Backends that can tell (:class:`TransformersLLM`, :class:`OpenAICompatible`) override
+        this; :meth:`propose` then drops the unfinished last entry (:func:`drop_cut_entry`).
+        The default reports ``False``.
+        """
+        return self.complete(prompt, system), False
 
 
 def packaged_smollm2_dir() -> Path:
@@ -701,6 +742,10 @@ class TransformersLLM(ChatLLM):
 
     def complete(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> str:
         """Generate the answer to ``prompt`` (see :meth:`ChatLLM.complete`)."""
+        return self.generate(prompt, system)[0]
+
+    def generate(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> tuple[str, bool]:
+        """Answer and whether it stopped at ``max_new_tokens`` without an end token."""
         import torch
 
         tokenizer, model = self.load()
@@ -724,7 +769,13 @@ class TransformersLLM(ChatLLM):
             torch.manual_seed(self.seed + self._calls)
             out = model.generate(**inputs, **gen_kwargs)
         self._calls += 1
-        return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        new = out[0, inputs["input_ids"].shape[1]:]
+        stop = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        stop = set(stop if isinstance(stop, (list, tuple)) else [stop])
+        stop = {int(t) for t in stop | {tokenizer.eos_token_id} if t is not None}
+        ended = any(int(t) in stop for t in new.tolist())
+        truncated = int(new.shape[0]) >= self.max_new_tokens and not ended
+        return tokenizer.decode(new, skip_special_tokens=True), truncated
 
 
 class OpenAICompatible(ChatLLM):
@@ -778,6 +829,10 @@ class OpenAICompatible(ChatLLM):
 
     def complete(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> str:
         """POST one chat request and return ``choices[0].message.content``."""
+        return self.generate(prompt, system)[0]
+
+    def generate(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> tuple[str, bool]:
+        """``choices[0].message.content`` and whether ``finish_reason`` is ``"length"``."""
         messages = ([{"role": "system", "content": system}] if system else [])
         messages.append({"role": "user", "content": prompt})
         payload = {"model": self.model, "messages": messages, "temperature": self.temperature,
@@ -807,14 +862,15 @@ class OpenAICompatible(ChatLLM):
             raise PrototypeBackendError(f"no answer from {self.url} within {self.timeout:g} s"
                                         ) from exc
         try:
-            content = json.loads(body)["choices"][0]["message"]["content"]
+            choice = json.loads(body)["choices"][0]
+            content = choice["message"]["content"]
         except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
             raise PrototypeBackendError(f"unexpected reply from {self.url}: expected JSON with "
                                         f"choices[0].message.content, got {body[:200]!r}"
                                         ) from exc
         if not isinstance(content, str):
             raise PrototypeBackendError(f"{self.url} returned non-text content {content!r}")
-        return content
+        return content, choice.get("finish_reason") == "length"
 
 
 class ClusterPrototypes(PrototypeGenerator):
@@ -1160,6 +1216,7 @@ class PrototypeManager:
             "system": proposal.system,
             "prompt": proposal.prompt,
             "response": proposal.response,
+            "truncated": proposal.truncated,
             "parsed": list(proposal.names),
             "accepted": list(accepted),
             "source": source,

@@ -75,7 +75,8 @@ def chat_server():
 
     ``chat_server(answers)`` returns ``(base_url, seen)``: the n-th request is answered with
     ``answers[min(n, len(answers)) - 1]`` and recorded in ``seen`` as
-    ``{"path", "body", "auth"}``. Servers are shut down after the test.
+    ``{"path", "body", "auth"}``. An answer is the message text (``finish_reason`` "stop") or
+    a ``(text, finish_reason)`` pair. Servers are shut down after the test.
     """
     servers: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
 
@@ -88,8 +89,9 @@ def chat_server():
                 seen.append({"path": self.path, "body": body,
                              "auth": self.headers.get("Authorization")})
                 text = answers[min(len(seen), len(answers)) - 1]
+                text, finish = text if isinstance(text, tuple) else (text, "stop")
                 reply = json.dumps({"id": "x", "object": "chat.completion", "choices": [{
-                    "index": 0, "finish_reason": "stop",
+                    "index": 0, "finish_reason": finish,
                     "message": {"role": "assistant", "content": text}}]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

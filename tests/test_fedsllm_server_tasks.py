@@ -32,6 +32,7 @@ from server_tasks.autoencoder import (
     pretrain_autoencoder,
 )
 from server_tasks.prototypes import (
+    drop_cut_entry,
     ChatLLM,
     ClusterPrototypes,
     OpenAICompatible,
@@ -304,6 +305,48 @@ def test_openai_compatible_against_local_server(chat_server, monkeypatch, tmp_pa
     assert seen[1]["auth"] is None  # no key, no header
 
 
+def test_drop_cut_entry_removes_only_the_unfinished_entry():
+    assert drop_cut_entry("1. Action adventure\n2. Thriller\n3. Boogie Wo") == \
+        "1. Action adventure\n2. Thriller"
+    assert parse_prototypes(drop_cut_entry("1. Crime 2. Horror 3. Sci-Fi 4. Boogie W")) == \
+        ["Crime", "Horror", "Sci-Fi"]
+    assert parse_prototypes(drop_cut_entry('["Action adventure", "Romantic comedy", "Cri')) == \
+        ["Action adventure", "Romantic comedy"]
+    assert parse_prototypes(drop_cut_entry("Action adventure, Romantic comedy, War dr")) == \
+        ["Action adventure", "Romantic comedy"]
+    assert drop_cut_entry("Boogie Woogie Buff") == ""
+
+
+class CutLLM(ScriptedLLM):
+    """ScriptedLLM whose answers all stopped at the length bound."""
+
+    def generate(self, prompt, system=None):
+        return self.complete(prompt, system), True
+
+
+def test_truncated_answer_loses_its_fragment_and_is_logged(tmp_path):
+    log = tmp_path / "p.jsonl"
+    answer = "1. Action adventure\n2. Romantic comedy\n3. Crime thriller\n4. Boogie Wo"
+    mgr = PrototypeManager(ScriptedLLM([answer]), _items(), embed_fn=_fake_embed,
+                           log_path=log)
+    assert mgr.update(1).names[-1] == "Boogie Wo"   # a complete answer keeps its last entry
+    log.unlink()
+    mgr = PrototypeManager(CutLLM([answer]), _items(), embed_fn=_fake_embed, log_path=log)
+    assert mgr.update(1).names == ["Action adventure", "Romantic comedy", "Crime thriller"]
+    record = _read_log(log)[0]
+    assert record["truncated"] is True and record["response"] == answer
+
+
+def test_openai_compatible_reports_length_cut(chat_server):
+    url, _ = chat_server([("1. Action adventure\n2. Romantic comedy\n3. Crime thr", "length"),
+                          "1. Action adventure\n2. Romantic comedy\n3. Crime thriller"])
+    llm = OpenAICompatible(url, "tiny-chat", timeout=5)
+    mgr = PrototypeManager(llm, _items(), embed_fn=_fake_embed)
+    assert mgr.update(1).names == ["Action adventure", "Romantic comedy"]
+    assert llm.generate("again") == (
+        "1. Action adventure\n2. Romantic comedy\n3. Crime thriller", False)
+
+
 def test_openai_compatible_clear_error_when_nothing_listens():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -351,6 +394,8 @@ def test_packaged_smollm2_gives_validated_prototypes_or_logged_fallback(tmp_path
     assert 1 <= len(result.names) <= 4 and all(result.names)
     record = _read_log(log)[0]
     assert record["backend"] == "transformers" and isinstance(record["response"], str)
+    text, cut = TransformersLLM(max_new_tokens=5).generate("List ten movie genres.")
+    assert cut is True and text     # 5 new tokens cannot finish a list: cut at the bound
     if result.source == "generated":
         assert validate_prototypes(result.names, 2, 4) == result.names
     else:
