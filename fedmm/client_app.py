@@ -1,9 +1,11 @@
 """Flower ClientApp (Message API): wraps the NumPyClient subclasses of ``clients/``.
 
-Each handler builds this node's client (its user = ``node_config["partition-id"]``), restores
-the private parameters from ``context.state``, calls the NumPyClient's ``fit``/``evaluate``,
-saves the private parameters back, and packs the reply as the strategy's message contract
-says (``"arrays"`` + ``"metrics"`` with ``num-examples`` [+ ``"extras"``]).
+The ``query`` handler answers which user this node holds (asked once before round 1, so the
+strategy samples users, not node ids). The train/evaluate handlers build this node's client
+(its user = ``node_config["partition-id"]``), restore its private parameters from
+``context.state``, call the NumPyClient's ``fit``/``evaluate``, save the private parameters
+back, and pack the reply as the strategy's message contract says (``"arrays"`` + ``"metrics"``
+with ``num-examples`` [+ ``"extras"``]).
 """
 from __future__ import annotations
 
@@ -20,12 +22,16 @@ app = ClientApp()
 PRIVATE_STATE = "fedmm.private"
 
 
-def _setup(msg: Message, context: Context):
-    cfg = RunConfig.from_mapping(context.run_config)
+def _user(context: Context) -> int:
     if "partition-id" not in context.node_config:
         raise KeyError("node_config has no 'partition-id'; start SuperNodes with "
                        "--node-config \"partition-id=<user> num-partitions=<users>\"")
-    client = build_client(cfg, int(context.node_config["partition-id"]), context.run_config)
+    return int(context.node_config["partition-id"])
+
+
+def _setup(msg: Message, context: Context):
+    cfg = RunConfig.from_mapping(context.run_config)
+    client = build_client(cfg, _user(context), context.run_config)
     if PRIVATE_STATE in context.state.array_records:
         client.load_private_state({k: v.numpy() for k, v in context.state[PRIVATE_STATE].items()})
     arrays = msg.content["arrays"]
@@ -63,3 +69,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     loss, num_examples, metrics = client.evaluate(params, config)
     return Message(content=RecordDict({"metrics": MetricRecord(
         {**metrics, "eval-loss": float(loss), "num-examples": int(num_examples)})}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Which user this node holds (the strategy samples users by it); nothing else is read."""
+    return Message(content=RecordDict({"metrics": MetricRecord({"user": _user(context)})}),
+                   reply_to=msg)

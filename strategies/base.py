@@ -3,6 +3,11 @@
 ``FedRecStrategy`` is a thin subclass of Flower's ``FedAvg``: the round loop is Flower's
 ``Strategy.start``. It changes four hooks:
 
+* ``start`` — before round 1, asks every node which user it holds (one ``query`` message
+  each, :meth:`discover_users`), so that sampling is over users: the same seed trains the same
+  users in every round of every run, whatever node ids the simulation engine or the
+  SuperNodes drew (nodes that do not answer are ordered by node id, which is not
+  reproducible across runs; a warning says how many);
 * ``configure_train`` — samples ``fraction-train`` of the nodes with its own seeded RNG and
   builds one message per node, so subclasses can add per-node payloads
   (:meth:`train_payload`);
@@ -15,6 +20,9 @@
 
 Message contract (what another Flower project's ClientApp must do):
 
+* query message (once, before round 1): ``"config"`` with ``query = "user"``; query reply:
+  ``"metrics"`` with ``user`` (int, the node's user / partition id). Optional: without it
+  the strategy still runs, sampling by node id;
 * train message: ``"arrays"`` (ArrayRecord of the shared parameters by name), ``"config"``
   (ConfigRecord with ``server-round`` and ``aggregation``), plus subclass payload records;
 * train reply: ``"arrays"`` (same keys and shapes), ``"metrics"`` (MetricRecord with
@@ -93,6 +101,7 @@ class FedRecStrategy(FedAvg):
         self.aggregation = aggregation
         self.on_round = on_round
         self._rng = random.Random(seed)
+        self._user_of: dict[int, int] = {}       # node id -> user, from discover_users
         self._global: dict[str, np.ndarray] | None = None
         self._down: dict[int, int] = {}          # node id -> bytes of its train message
         self._round: dict[str, Any] = {}
@@ -131,6 +140,57 @@ class FedRecStrategy(FedAvg):
             time.sleep(1)
         return nodes
 
+    def _order(self, nodes: Iterable[int]) -> list[int]:
+        """Nodes by user (nodes of unknown user last, by node id): the order sampling uses."""
+        return sorted(nodes, key=lambda n: (0, self._user_of[n]) if n in self._user_of else (1, n))
+
+    def discover_users(self, grid: Grid, timeout: float | None = None) -> dict[int, int]:
+        """Ask every node for its user with one ``query`` message; returns node id -> user.
+
+        Nodes whose reply fails or carries no ``user`` metric are left out (logged once).
+
+        Raises
+        ------
+        ReplyError
+            Two nodes report the same user (SuperNodes started with the same partition-id).
+        """
+        t = time.perf_counter()
+        nodes = self._nodes(grid)
+        content = RecordDict({CONFIG: ConfigRecord({"query": "user"})})
+        replies = grid.send_and_receive(
+            [Message(content=content, dst_node_id=n, message_type=MessageType.QUERY) for n in nodes],
+            timeout=timeout)
+        user_of: dict[int, int] = {}
+        node_of: dict[int, int] = {}
+        for m in replies:
+            if m.has_error() or METRICS not in m.content.metric_records:
+                continue
+            user = m.content[METRICS].get("user")
+            if not isinstance(user, (int, float)):
+                continue
+            src, user = m.metadata.src_node_id, int(user)
+            if user in node_of:
+                raise ReplyError(f"nodes {node_of[user]} and {src} both hold user {user}: start "
+                                 "each SuperNode with its own --node-config partition-id")
+            user_of[src], node_of[user] = user, src
+        missing = len(nodes) - len(user_of)
+        if missing:
+            log(WARNING, "fedmm: %d of %d nodes did not report their user (their ClientApp has no "
+                "query handler?); they are sampled by node id, which differs between runs",
+                missing, len(nodes))
+        log(INFO, "fedmm: users of %d of %d nodes known (%.1f s); sampling is over users",
+            len(user_of), len(nodes), time.perf_counter() - t)
+        return user_of
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+              timeout: float = 3600, train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None, evaluate_fn=None):
+        """:meth:`discover_users`, then Flower's round loop (``Strategy.start``)."""
+        self._user_of = self.discover_users(grid, timeout)
+        return super().start(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds,
+                             timeout=timeout, train_config=train_config,
+                             evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)
+
     def summary(self) -> None:
         log(INFO, "\t├──> fedmm: fraction-train %.3f, eval-every %d, aggregation %s, select %s",
             self.fraction_train, self.eval_every, self.aggregation, self.select_metric)
@@ -141,9 +201,9 @@ class FedRecStrategy(FedAvg):
         self._t0 = time.perf_counter()
         self._round = {"round": server_round}
         self._global = arrays_to_dict(arrays)
-        nodes = self._nodes(grid)
+        nodes = self._order(self._nodes(grid))
         k = max(1, int(len(nodes) * self.fraction_train))
-        sampled = sorted(self._rng.sample(nodes, k))
+        sampled = self._order(self._rng.sample(nodes, k))
         cfg = ConfigRecord({**dict(config), "server-round": server_round, "aggregation": self.aggregation})
         payload = self.train_payload(server_round, sampled)
         messages, self._down = [], {}
@@ -158,7 +218,11 @@ class FedRecStrategy(FedAvg):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        ok = [m for m in replies if not m.has_error()]
+        # In user order, not arrival order, so that server work that depends on row order
+        # (GFMFR's K-Means over the score functions) does not depend on timing.
+        order = {n: i for i, n in enumerate(self._order(m.metadata.src_node_id for m in replies))}
+        ok = sorted((m for m in replies if not m.has_error()),
+                    key=lambda m: order[m.metadata.src_node_id])
         for m in replies:
             if m.has_error():
                 log(WARNING, "train reply from node %d failed: %s", m.metadata.src_node_id, m.error.reason)

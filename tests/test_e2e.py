@@ -48,3 +48,18 @@ def test_failed_run_exits_nonzero_and_keeps_results(tmp_path, tiny_grouplens):
     assert proc.returncode != 0
     after = {p: p.read_bytes() for p in before}
     assert after == before  # earlier results untouched
+
+
+def test_same_seed_trains_the_same_users_and_gives_the_same_result(tmp_path, tiny_grouplens):
+    # The simulation engine draws new node ids every run; the strategy samples users.
+    runs = []
+    for k in range(2):
+        (tmp_path / str(k)).mkdir()
+        proc, out = run_app(tmp_path / str(k), tiny_grouplens,
+                            "num-server-rounds=2 eval-every=2 fraction-train=0.5", seeds=[3])
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        (run,) = [p for p in out.iterdir() if p.is_dir()]
+        rounds = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+        runs.append(([sorted(r["client-bytes"]) for r in rounds], finals(out)[0]["test"]))
+    assert runs[0][0] == runs[1][0] and all(len(users) == 6 for users in runs[0][0])
+    assert runs[0][1] == runs[1][1]

@@ -1,0 +1,123 @@
+"""FedRecStrategy samples users, not node ids: the same seed trains the same users whatever
+node ids the engine drew (query round before round 1); a Grid stub stands in for Flower's."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+
+from strategies.aggregation import ReplyError
+from strategies.base import FedRecStrategy, dict_to_arrays
+
+N_USERS = 40
+
+
+def _reply(msg: Message, content: RecordDict | None, error: str | None = None) -> Message:
+    """A reply from ``msg``'s destination node, as a ClientApp handler returns one."""
+    if error is not None:
+        return Message(Error(code=1, reason=error), reply_to=msg)
+    return Message(content, reply_to=msg)
+
+
+class UserGrid:
+    """Nodes with random ids, each holding one user; answers query messages like
+    ``fedmm.client_app.query`` (or fails for users in ``no_handler``)."""
+
+    def __init__(self, node_seed: int, no_handler=(), user_of=None):
+        ids = np.random.default_rng(node_seed).choice(10**9, N_USERS, replace=False)
+        self.user_of = user_of or {int(n): u for u, n in enumerate(ids)}
+        self.no_handler = set(no_handler)
+        self.queries = 0
+
+    def get_node_ids(self):
+        return list(self.user_of)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        out = []
+        for m in messages:
+            assert m.metadata.message_type == MessageType.QUERY
+            assert dict(m.content["config"]) == {"query": "user"}
+            self.queries += 1
+            user = self.user_of[m.metadata.dst_node_id]
+            out.append(_reply(m, None, "no query handler") if user in self.no_handler else
+                       _reply(m, RecordDict({"metrics": MetricRecord({"user": user})})))
+        return out
+
+
+def strategy(seed: int = 3) -> FedRecStrategy:
+    return FedRecStrategy(num_rounds=3, fraction_train=0.25, seed=seed)
+
+
+def sampled_users(strat: FedRecStrategy, grid: UserGrid, rounds: int = 3) -> list[list[int]]:
+    arrays = dict_to_arrays({"item_emb.weight": np.zeros((5, 2), np.float32)})
+    out = []
+    for rnd in range(1, rounds + 1):
+        msgs = list(strat.configure_train(rnd, arrays, ConfigRecord({}), grid))
+        out.append([grid.user_of[m.metadata.dst_node_id] for m in msgs])
+    return out
+
+
+def test_same_seed_same_users_whatever_the_node_ids(serverapp_identity):
+    runs = []
+    for node_seed in (0, 1):
+        grid, strat = UserGrid(node_seed), strategy()
+        strat._user_of = strat.discover_users(grid)
+        assert grid.queries == N_USERS and len(strat._user_of) == N_USERS
+        runs.append(sampled_users(strat, grid))
+    assert runs[0] == runs[1]
+    assert all(len(r) == 10 and r == sorted(r) for r in runs[0])   # sent in user order
+    assert len({tuple(r) for r in runs[0]}) == 3                     # rounds differ
+    other = strategy(seed=4)
+    grid = UserGrid(0)
+    other._user_of = other.discover_users(grid)
+    assert sampled_users(other, grid) != runs[0]                     # the seed matters
+
+
+def test_without_the_query_round_sampling_follows_node_ids(serverapp_identity):
+    # The old behaviour, kept for clients without a query handler: not reproducible across
+    # node-id draws (this is what the query round fixes).
+    assert sampled_users(strategy(), UserGrid(0)) != sampled_users(strategy(), UserGrid(1))
+
+
+def test_nodes_without_query_handler_are_logged_and_still_sampled(serverapp_identity, caplog):
+    grid, strat = UserGrid(0, no_handler={5, 6, 7}), strategy()
+    strat._user_of = strat.discover_users(grid)
+    assert len(strat._user_of) == N_USERS - 3
+    assert "3 of 40 nodes did not report their user" in caplog.text
+    order = strat._order(grid.get_node_ids())
+    assert [grid.user_of[n] for n in order[:-3]] == [u for u in range(N_USERS) if u not in {5, 6, 7}]
+    assert {grid.user_of[n] for n in order[-3:]} == {5, 6, 7}        # unknown users last,
+    assert order[-3:] == sorted(order[-3:])                          # by node id
+
+
+def test_two_nodes_claiming_one_user_is_an_error(serverapp_identity):
+    grid = UserGrid(0, user_of={11: 0, 12: 1, 13: 1})
+    with pytest.raises(ReplyError, match="nodes 12 and 13 both hold user 1"):
+        strategy().discover_users(grid)
+
+
+class Recording(FedRecStrategy):
+    """Records the node order in which ``server_update`` sees the replies."""
+
+    def server_update(self, server_round, replies, arrays):
+        self.seen = [m.metadata.src_node_id for m in replies]
+        return arrays
+
+
+def test_server_update_sees_replies_in_user_order_not_arrival_order(serverapp_identity):
+    # GFMFR clusters the replies' score functions with K-Means, whose result depends on the
+    # row order: arrival order would make runs with one seed differ.
+    grid, strat = UserGrid(0), Recording(num_rounds=1, fraction_train=0.2, seed=0)
+    strat._user_of = strat.discover_users(grid)
+    arrays = dict_to_arrays({"item_emb.weight": np.zeros((5, 2), np.float32)})
+    seen = []
+    for perm_seed in (0, 1):
+        strat._rng.seed(0)   # the same nodes every time
+        msgs = list(strat.configure_train(1, arrays, ConfigRecord({}), grid))
+        replies = [_reply(m, RecordDict({
+            "arrays": dict_to_arrays({"item_emb.weight": np.ones((5, 2), np.float32)}),
+            "metrics": MetricRecord({"num-examples": 3, "train-loss": 0.5})})) for m in msgs]
+        order = np.random.default_rng(perm_seed).permutation(len(replies))
+        strat.aggregate_train(1, [replies[i] for i in order])
+        seen.append([grid.user_of[n] for n in strat.seen])
+    assert seen[0] == seen[1] == sorted(seen[0]) and len(seen[0]) == 8
