@@ -112,9 +112,13 @@ def match_groups(prev_centroids: np.ndarray | None, new_centroids: np.ndarray,
     """Relabel new clusters so each takes the identity of the nearest previous group.
 
     Solves the assignment problem between the new clusters that have members and the previous
-    groups, with squared Euclidean centroid distance as cost (Hungarian algorithm). Previous
-    groups with unknown centroid (NaN row: never had members) cost more than any known one, so
-    they are used only when the known ones run out.
+    groups (Hungarian algorithm). The cost of giving new cluster ``i`` the identity of previous
+    group ``j`` is ``n_i * ||c_i - prev_j||²``, ``n_i`` = members of cluster ``i``: the total,
+    over clients, of how far their group's centroid moves. Without the ``n_i`` weight, outlier
+    clusters dominate: with sizes such as ``[90, 1, 1, 1, 1]`` (FedNCF's uploads) the distant
+    singletons were matched first and the 90-client group took a different identity in most
+    rounds. Previous groups with unknown centroid (NaN row: never had members) cost more than
+    any known one, so they are used only when the known ones run out.
 
     Parameters
     ----------
@@ -149,7 +153,8 @@ def match_groups(prev_centroids: np.ndarray | None, new_centroids: np.ndarray,
     known = np.all(np.isfinite(prev), axis=1)
     cost = np.zeros((used.size, prev.shape[0]))
     diff = new[used][:, None, :] - np.where(known[:, None], prev, 0.0)[None, :, :]
-    cost[:] = np.einsum("ijk,ijk->ij", diff, diff)
+    sizes = np.bincount(labels, minlength=new.shape[0])[used].astype(np.float64)
+    cost[:] = sizes[:, None] * np.einsum("ijk,ijk->ij", diff, diff)
     big = (cost[:, known].max() if known.any() else 0.0) + 1.0
     cost[:, ~known] = big  # unknown groups: all equal, after every known one
     rows, cols = linear_sum_assignment(cost)

@@ -259,6 +259,22 @@ def test_match_groups_keeps_identities_under_permutation():
     assert match_groups(prev, group_centroids(pts, two, 2), two).tolist() == [0, 0, 2, 2]
 
 
+def test_match_groups_big_group_keeps_its_identity_beside_outliers():
+    # FedNCF-like uploads: one dense crowd and a few far, scattered singletons that change
+    # every round. Matching by plain centroid distance handed the crowd's identity around
+    # (the singletons' costs dominate); weighted by cluster size the crowd keeps it.
+    rng = np.random.default_rng(0)
+    tracker = GroupTracker(5, "kmeans", seed=0)
+    crowd_ids = []
+    for rnd in range(1, 9):
+        crowd = 0.05 * rng.standard_normal((90, 6))
+        outliers = 10 * rng.standard_normal((4, 6))
+        labels = tracker.update(rnd, list(range(94)), np.concatenate([crowd, outliers]))
+        assert np.bincount(labels, minlength=5).max() == 90
+        crowd_ids.append(int(np.bincount(labels[:90]).argmax()))
+    assert len(set(crowd_ids)) == 1, crowd_ids
+
+
 def test_group_tracker_stable_across_rounds():
     P, truth, _ = _planted()
     tracker = GroupTracker(3, "kmeans", seed=0)
