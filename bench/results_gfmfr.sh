@@ -8,6 +8,8 @@
 #                                       # delta 1-3, one modality at a time
 #   bash bench/results_gfmfr.sh lambda  # one seed, 100 rounds: the lambda probes that chose the
 #                                       # default base weight (constant 0.1 / 1, smooth-progressive 0.01)
+#   bash bench/results_gfmfr.sh fedncf-probe  # seed 0, 100 rounds, FedNCF + GFMFR: defaults and
+#                                       # constant lambda 0.1 (docs/results.md section 2.2.1)
 # Each run.py call writes <run-name>-s<seed>/ and <run-name>-summary.json under $OUT/<part>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +34,11 @@ if [[ $PART == all || $PART == lambda ]]; then
   run lambda --seeds 0 --config conf/gfmfr-pfedrec.toml --run-config "$B gfmfr-lambda-schedule='constant' gfmfr-lambda=0.1 run-name='constant-0.1'"
   run lambda --seeds 0 --config conf/gfmfr-pfedrec.toml --run-config "$B gfmfr-lambda-schedule='constant' gfmfr-lambda=1.0 run-name='constant-1'"
   run lambda --seeds 0 --config conf/gfmfr-pfedrec.toml --run-config "$B gfmfr-lambda=0.01 run-name='smooth-progressive-0.01'"
+fi
+if [[ $PART == all || $PART == fedncf-probe ]]; then
+  B="num-server-rounds=100 eval-every=20"
+  run fedncf-probe --seeds 0 --config conf/gfmfr-fedncf.toml --run-config "$B run-name='gfmfr-fedncf-sizematch'"
+  run fedncf-probe --seeds 0 --config conf/gfmfr-fedncf.toml --run-config "$B gfmfr-lambda-schedule='constant' gfmfr-lambda=0.1 run-name='gfmfr-fedncf-const0.1'"
 fi
 if [[ $PART == all || $PART == main ]]; then
   for b in pfedrec fedncf fedrap; do
