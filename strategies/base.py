@@ -140,9 +140,13 @@ class FedRecStrategy(FedAvg):
             time.sleep(1)
         return nodes
 
+    def _key(self, node: int) -> tuple[int, int]:
+        """Sort key of a node: by user; nodes of unknown user last, by node id."""
+        return (0, self._user_of[node]) if node in self._user_of else (1, node)
+
     def _order(self, nodes: Iterable[int]) -> list[int]:
-        """Nodes by user (nodes of unknown user last, by node id): the order sampling uses."""
-        return sorted(nodes, key=lambda n: (0, self._user_of[n]) if n in self._user_of else (1, n))
+        """Nodes in the order sampling uses (see :meth:`_key`)."""
+        return sorted(nodes, key=self._key)
 
     def discover_users(self, grid: Grid, timeout: float | None = None) -> dict[int, int]:
         """Ask every node for its user with one ``query`` message; returns node id -> user.
@@ -178,7 +182,7 @@ class FedRecStrategy(FedAvg):
             log(WARNING, "fedmm: %d of %d nodes did not report their user (their ClientApp has no "
                 "query handler?); they are sampled by node id, which differs between runs",
                 missing, len(nodes))
-        log(INFO, "fedmm: users of %d of %d nodes known (%.1f s); sampling is over users",
+        log(INFO, "fedmm: users of %d of %d nodes known (%.1f s); those are sampled as users",
             len(user_of), len(nodes), time.perf_counter() - t)
         return user_of
 
@@ -220,9 +224,8 @@ class FedRecStrategy(FedAvg):
         replies = list(replies)
         # In user order, not arrival order, so that server work that depends on row order
         # (GFMFR's K-Means over the score functions) does not depend on timing.
-        order = {n: i for i, n in enumerate(self._order(m.metadata.src_node_id for m in replies))}
         ok = sorted((m for m in replies if not m.has_error()),
-                    key=lambda m: order[m.metadata.src_node_id])
+                    key=lambda m: self._key(m.metadata.src_node_id))
         for m in replies:
             if m.has_error():
                 log(WARNING, "train reply from node %d failed: %s", m.metadata.src_node_id, m.error.reason)
