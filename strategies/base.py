@@ -290,7 +290,8 @@ class FedRecStrategy(FedAvg):
                 for nid in self._nodes(grid)]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        replies = list(replies)
+        # User order, not arrival order: the float mean over users is then the same every run.
+        replies = sorted(replies, key=lambda m: self._key(m.metadata.src_node_id))
         result = None
         if replies:
             failed = [m for m in replies if m.has_error()]
