@@ -297,7 +297,8 @@ def _json_items(text: str) -> list[str] | None:
     return out or None  # e.g. "[1]" inside a markdown list is not a JSON answer
 
 
-_ENTRY_BOUNDARY = re.compile(r"\n|[,;]|(?:(?<=\s)|(?<=[;,]))\(?\d{1,2}[.)]\s")
+#: Where one list entry ends: a newline, a comma or semicolon, or an inline list number.
+_ENTRY_BOUNDARY = re.compile(r"\n|[,;]|" + _INLINE_NUMBER.pattern)
 
 
 def drop_cut_entry(text: str) -> str:
