@@ -5,8 +5,8 @@
     python bench/tables.py --row base=outputs/a/pfedrec-summary.json,outputs/b/base-summary.json
 
 Each positional argument is a directory (one row per ``*-summary.json`` in it) or one summary
-file. ``--row NAME=PATH,PATH`` pools the seeds of several summaries or run directories
-(their ``final.json``) into one row. One seed is shown without a spread.
+file. ``--row NAME=PATH,PATH`` pools the seeds of several summaries, run directories (their
+``final.json``) or final-shaped files into one row. One seed is shown without a spread.
 """
 from __future__ import annotations
 
@@ -30,10 +30,18 @@ def row(name: str, finals: list[dict], metrics: list[str], scale: float) -> str:
 
 
 def load(path: Path) -> list[dict]:
-    """Finals of a ``*-summary.json``, or the one ``final.json`` of a run directory."""
+    """Finals of a ``*-summary.json``, the one ``final.json`` of a run directory, or one
+    final-shaped file (``{"seed", "best_round", "test"}``, e.g. figures kept in ``docs/data/``
+    for a run whose directory is gone)."""
     if path.is_dir():
         return [json.loads((path / "final.json").read_text())]
-    return json.loads(path.read_text())["finals"]
+    data = json.loads(path.read_text())
+    if "finals" in data:
+        return data["finals"]
+    if "test" in data and "best_round" in data:
+        return [data]
+    raise ValueError(f"{path}: neither a *-summary.json (key 'finals') nor a final.json "
+                     "(keys 'test', 'best_round')")
 
 
 def main() -> None:

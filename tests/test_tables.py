@@ -1,0 +1,38 @@
+"""bench/tables.py: what it reads and the mean ± std it prints."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+_SPEC = importlib.util.spec_from_file_location(
+    "tables", Path(__file__).resolve().parents[1] / "bench" / "tables.py")
+tables = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(tables)
+
+
+def _final(seed: int, hr: float) -> dict:
+    return {"seed": seed, "best_round": 20 * (seed + 1), "test": {"sampled_hr@10": hr}}
+
+
+def test_load_reads_run_dirs_summaries_and_final_files(tmp_path):
+    run = tmp_path / "run-s0"
+    run.mkdir()
+    (run / "final.json").write_text(json.dumps(_final(0, 0.1)))
+    summary = tmp_path / "x-summary.json"
+    summary.write_text(json.dumps({"seeds": [1, 2], "finals": [_final(1, 0.2), _final(2, 0.3)]}))
+    kept = tmp_path / "kept.json"
+    kept.write_text(json.dumps(_final(3, 0.4)))
+    finals = [f for p in (run, summary, kept) for f in tables.load(p)]
+    assert [f["seed"] for f in finals] == [0, 1, 2, 3]
+    line = tables.row("x", finals[:3], ["sampled_hr@10"], 100.0)
+    assert line == "| x | 20.00 ± 10.00 | 3 | 20,40,60 |"
+
+
+def test_load_rejects_a_file_of_another_shape(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"round": 3}))
+    with pytest.raises(ValueError, match="bad.json.*finals"):
+        tables.load(bad)
