@@ -34,7 +34,11 @@ def load(path: Path) -> list[dict]:
     final-shaped file (``{"seed", "best_round", "test"}``, e.g. figures kept in ``docs/data/``
     for a run whose directory is gone)."""
     if path.is_dir():
+        if not (path / "final.json").exists():
+            raise SystemExit(f"{path}: no final.json (the run did not finish?)")
         return [json.loads((path / "final.json").read_text())]
+    if not path.exists():
+        raise SystemExit(f"{path}: no such run directory or file")
     data = json.loads(path.read_text())
     if "finals" in data:
         return data["finals"]
@@ -55,7 +59,9 @@ def main() -> None:
     print("| run | " + " | ".join(args.metrics) + " | seeds | best rounds |")
     print("|---" * (len(args.metrics) + 3) + "|")
     for spec in args.row:
-        name, _, files = spec.partition("=")
+        name, _, files = spec.rpartition("=")   # the name may contain "=", the paths not
+        if not name or not files:
+            raise SystemExit(f"--row {spec!r}: expected NAME=PATH[,PATH...]")
         finals = [f for p in files.split(",") for f in load(Path(p))]
         print(row(name, finals, args.metrics, args.scale))
     for d in map(Path, args.dirs):

@@ -36,3 +36,11 @@ def test_load_rejects_a_file_of_another_shape(tmp_path):
     bad.write_text(json.dumps({"round": 3}))
     with pytest.raises(ValueError, match="bad.json.*finals"):
         tables.load(bad)
+
+
+def test_missing_paths_are_named(tmp_path):
+    with pytest.raises(SystemExit, match="nope.*no such run directory"):
+        tables.load(tmp_path / "nope")
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(SystemExit, match="unfinished: no final.json"):
+        tables.load(tmp_path / "unfinished")
