@@ -19,6 +19,10 @@ from pathlib import Path
 def row(name: str, finals: list[dict], metrics: list[str], scale: float) -> str:
     cells = []
     for m in metrics:
+        missing = [f.get("seed") for f in finals if m not in f["test"]]
+        if missing:
+            raise ValueError(f"row {name!r}: no test metric {m!r} for seed(s) {missing}; "
+                             f"it has {sorted(finals[0]['test'])}")
         vals = [f["test"][m] * scale for f in finals]
         if len(vals) > 1:
             cells.append(f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}")
@@ -32,14 +36,18 @@ def row(name: str, finals: list[dict], metrics: list[str], scale: float) -> str:
 def load(path: Path) -> list[dict]:
     """Finals of a ``*-summary.json``, the one ``final.json`` of a run directory, or one
     final-shaped file (``{"seed", "best_round", "test"}``, e.g. figures kept in ``docs/data/``
-    for a run whose directory is gone)."""
+    for a run whose directory is gone). Raises ValueError naming the path for a missing
+    path, an unfinished run, a file that is not JSON, or JSON of another shape."""
     if path.is_dir():
         if not (path / "final.json").exists():
-            raise SystemExit(f"{path}: no final.json (the run did not finish?)")
-        return [json.loads((path / "final.json").read_text())]
-    if not path.exists():
-        raise SystemExit(f"{path}: no such run directory or file")
-    data = json.loads(path.read_text())
+            raise ValueError(f"{path}: no final.json (the run did not finish?)")
+        path = path / "final.json"
+    elif not path.exists():
+        raise ValueError(f"{path}: no such run directory or file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
     if "finals" in data:
         return data["finals"]
     if "test" in data and "best_round" in data:
@@ -56,17 +64,26 @@ def main() -> None:
     ap.add_argument("--metrics", nargs="+", default=["sampled_hr@10", "sampled_ndcg@10", "full_hr@50", "full_ndcg@50"])
     ap.add_argument("--scale", type=float, default=100.0, help="multiply metrics (default: percent)")
     args = ap.parse_args()
-    print("| run | " + " | ".join(args.metrics) + " | seeds | best rounds |")
-    print("|---" * (len(args.metrics) + 3) + "|")
+    try:
+        lines = _lines(args)
+    except ValueError as e:  # a bad path or file: say which, print no half table
+        raise SystemExit(f"tables.py: {e}") from None
+    print("\n".join(lines))
+
+
+def _lines(args: argparse.Namespace) -> list[str]:
+    out = ["| run | " + " | ".join(args.metrics) + " | seeds | best rounds |",
+           "|---" * (len(args.metrics) + 3) + "|"]
     for spec in args.row:
         name, _, files = spec.rpartition("=")   # the name may contain "=", the paths not
         if not name or not files:
-            raise SystemExit(f"--row {spec!r}: expected NAME=PATH[,PATH...]")
+            raise ValueError(f"--row {spec!r}: expected NAME=PATH[,PATH...]")
         finals = [f for p in files.split(",") for f in load(Path(p))]
-        print(row(name, finals, args.metrics, args.scale))
+        out.append(row(name, finals, args.metrics, args.scale))
     for d in map(Path, args.dirs):
         for path in (sorted(d.glob("*-summary.json")) if d.is_dir() else [d]):
-            print(row(path.name.removesuffix("-summary.json"), load(path), args.metrics, args.scale))
+            out.append(row(path.name.removesuffix("-summary.json"), load(path), args.metrics, args.scale))
+    return out
 
 
 if __name__ == "__main__":

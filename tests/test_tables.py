@@ -38,9 +38,24 @@ def test_load_rejects_a_file_of_another_shape(tmp_path):
         tables.load(bad)
 
 
-def test_missing_paths_are_named(tmp_path):
-    with pytest.raises(SystemExit, match="nope.*no such run directory"):
+def test_missing_paths_and_non_json_are_named(tmp_path):
+    with pytest.raises(ValueError, match="nope.*no such run directory"):
         tables.load(tmp_path / "nope")
     (tmp_path / "unfinished").mkdir()
-    with pytest.raises(SystemExit, match="unfinished: no final.json"):
+    with pytest.raises(ValueError, match="unfinished: no final.json"):
         tables.load(tmp_path / "unfinished")
+    (tmp_path / "half.json").write_text('{"finals": [')
+    with pytest.raises(ValueError, match="half.json: not JSON"):
+        tables.load(tmp_path / "half.json")
+
+
+def test_cli_names_the_bad_path_and_prints_no_table(tmp_path, monkeypatch, capsys):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_final(0, 0.1)))
+    monkeypatch.setattr("sys.argv", ["tables.py", "--metrics", "sampled_hr@10", "--row", f"a={good}", "--row", f"b={tmp_path / 'gone'}"])
+    with pytest.raises(SystemExit, match="tables.py: .*gone: no such run directory"):
+        tables.main()
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr("sys.argv", ["tables.py", "--metrics", "full_hr@50", "--row", f"a={good}"])
+    with pytest.raises(SystemExit, match="no test metric 'full_hr@50' for seed.*sampled_hr@10"):
+        tables.main()
