@@ -13,6 +13,13 @@ logits ``r_ui`` of its ``n`` training positives and, for the prototype samplers,
 * ``random``, ``entropy``, ``margin``, ``least-confidence``: on ``sigmoid(r_ui)``, no payload;
 * ``base``: every positive.
 
+Coverage bookkeeping (diagnostic, stays on the client except two floats): the private state
+keeps a mask of the positives selected in any earlier round this client was sampled in, and
+``fit`` reports ``selection-coverage`` (share of its positives selected at least once so far,
+this round included) and, from its second round on, ``selection-repeat`` (share of this
+round's selection that was already selected before). Random selection at ``S`` gives a repeat
+near ``S``; a sampler that keeps picking the same positives gives a repeat near 1.
+
 Negatives are sampled as usual (``num-negatives`` per selected positive), so the number of
 examples, hence the FedAvg weight, is that of the selected positives. The sampler, ``S`` and
 ``eps`` come from the train message's config (the server's ``fedsllm-*`` keys), so the
@@ -36,6 +43,9 @@ PAYLOAD_RECORD = "fedsllm"
 PROTOTYPES_KEY, SIMILARITY_KEY, COUNTS_KEY = "prototypes", "similarity", "prototype-counts"
 #: Train-config keys set by the FedSLLM strategy.
 SAMPLER_CFG, FRACTION_CFG, EPS_CFG = "fedsllm-sampler", "fedsllm-fraction", "fedsllm-eps"
+#: Key, in the client's private state, of the uint8 ``(n,)`` mask of positives selected in any
+#: earlier round (coverage bookkeeping; never uploaded).
+SELECTED_EVER_KEY = "fedsllm.selected-ever"
 #: Stream tag of the ``random`` sampler's RNG (separate from the training RNG stream).
 _RANDOM_STREAM = 7
 
@@ -65,6 +75,34 @@ class FedSLLMClient(FedRecClient):
         self.similarity: np.ndarray | None = None
         self.selection: Selection | None = None
         self._selection_ms = 0.0
+        self._ever: np.ndarray | None = None   # bool (n,): selected in an earlier round
+        self._repeat: float | None = None
+
+    # ----- private state: the parameters plus the selected-ever mask -------------------------
+    def private_state(self) -> dict[str, np.ndarray]:
+        """Private parameters plus ``fedsllm.selected-ever`` uint8 ``(n,)`` once selected."""
+        state = super().private_state()
+        if self._ever is not None:
+            state[SELECTED_EVER_KEY] = self._ever.astype(np.uint8)
+        return state
+
+    def load_private_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore the private parameters and the selected-ever mask.
+
+        Raises
+        ------
+        ValueError
+            The stored mask does not have one entry per training positive of this user.
+        """
+        super().load_private_state(arrays)
+        ever = arrays.get(SELECTED_EVER_KEY)
+        if ever is None:
+            return
+        if ever.shape != (self.data.train.size,):
+            raise ValueError(f"private state '{SELECTED_EVER_KEY}' has shape {ever.shape}, user "
+                             f"{self.data.user} has {self.data.train.size} training positives; "
+                             "the node state is from another dataset or split")
+        self._ever = np.asarray(ever, dtype=bool)
 
     # ----- hooks ----------------------------------------------------------------------------
     def receive(self, payload: dict[str, dict[str, np.ndarray]], config: dict) -> None:
@@ -116,6 +154,11 @@ class FedSLLMClient(FedRecClient):
             selection = self._select(sampler, positives, fraction, eps, config)
         self._selection_ms = (time.perf_counter() - start) * 1e3
         self.selection = selection
+        chosen = np.zeros(positives.size, dtype=bool)
+        chosen[selection.indices] = True
+        before = self._ever
+        self._repeat = None if before is None else float((chosen & before).sum() / chosen.sum())
+        self._ever = chosen if before is None else (before | chosen)
         return positives[np.sort(selection.indices)]
 
     def _select(self, sampler: str, positives: np.ndarray, fraction: float, eps: float,
@@ -150,7 +193,13 @@ class FedSLLMClient(FedRecClient):
         return extras
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
-        """``FedRecClient.fit`` plus the metrics ``selection-ms`` and ``selection-candidates``."""
+        """``FedRecClient.fit`` plus the metrics ``selection-ms``, ``selection-candidates``,
+        ``selection-coverage`` and (from the client's second round) ``selection-repeat``."""
         params, num_examples, metrics = super().fit(parameters, config)
-        return params, num_examples, {**metrics, "selection-ms": float(self._selection_ms),
-                                      "selection-candidates": int(self.data.train.size)}
+        metrics = {**metrics, "selection-ms": float(self._selection_ms),
+                   "selection-candidates": int(self.data.train.size)}
+        if self._ever is not None:
+            metrics["selection-coverage"] = float(self._ever.mean())
+        if self._repeat is not None:
+            metrics["selection-repeat"] = self._repeat
+        return params, num_examples, metrics

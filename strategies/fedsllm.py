@@ -35,7 +35,10 @@ contract of :mod:`strategies.base`:
   and ``"similarity"`` float32 ``(N, P)`` (``sim(i, j)`` for every item of the catalogue;
   the server does not know which items a client has);
 * train reply: ``"metrics"`` adds ``"selection-ms"`` (float, wall time to score and select)
-  and ``"selection-candidates"`` (int ``n``; ``"num-positives"`` is the selected count);
+  and ``"selection-candidates"`` (int ``n``; ``"num-positives"`` is the selected count),
+  and, optional, the diagnostics ``"selection-coverage"`` (float, share of the node's
+  positives selected in any of its rounds so far) and ``"selection-repeat"`` (float, share of
+  this round's selection already selected in an earlier round; absent in a node's first round);
   for ``fedsllm`` and ``cluster`` an ArrayRecord ``"extras"`` with ``"prototype-counts"``
   int64 ``(P,)``: ``c_u[j] = #{i : argmin_j s(i, j) = j}`` over all ``n`` training positives
   (sums to ``n``). Only these counts leave a client besides the shared parameters.
@@ -345,6 +348,32 @@ def sum_prototype_counts(counts: Sequence[np.ndarray], num_prototypes: int,
     return total
 
 
+def selection_overlap(metrics: Sequence[Mapping[str, Any]]) -> dict[str, float | int]:
+    """Round means of the clients' optional ``selection-coverage`` / ``selection-repeat``.
+
+    Parameters
+    ----------
+    metrics : sequence of mapping
+        The train replies' metrics; a reply may lack either key (``selection-repeat`` is absent
+        in a client's first round).
+
+    Returns
+    -------
+    dict
+        ``selection-coverage`` and ``selection-repeat`` (unweighted means over the replies that
+        report them) and ``selection-repeat-clients`` (how many reported a repeat); a key with
+        no reports is left out.
+    """
+    out: dict[str, float | int] = {}
+    for key in ("selection-coverage", "selection-repeat"):
+        vals = [float(m[key]) for m in metrics if key in m]
+        if vals:
+            out[key] = float(np.mean(vals))
+        if key == "selection-repeat":
+            out["selection-repeat-clients"] = len(vals)
+    return out
+
+
 def make_generator(settings: FedSLLMConfig, seed: int, device: str):
     """The prototype backend of ``settings`` (nothing is loaded here; the LLM loads lazily at
     its first call and once per process).
@@ -542,7 +571,8 @@ class FedSLLM(FedRecStrategy):
         """Sum counts; align ``E_AE`` and revise the prototypes when due."""
         metrics = [dict(m.content[METRICS]) for m in replies]
         ms = [float(mm["selection-ms"]) for mm in metrics if "selection-ms" in mm]
-        self._info = {"selection-ms": float(np.mean(ms)) if ms else float("nan")}
+        self._info = {"selection-ms": float(np.mean(ms)) if ms else float("nan"),
+                      **selection_overlap(metrics)}
         if not self.settings.uses_prototypes:
             return arrays
         sources = [m.metadata.src_node_id for m in replies]

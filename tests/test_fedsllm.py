@@ -443,6 +443,41 @@ def test_client_trains_only_on_the_selected_fraction(sampler):
     assert not np.allclose(new[0], params[0])
 
 
+@pytest.mark.parametrize("sampler", ["random", "fedsllm"])
+def test_coverage_and_repeat_follow_the_selections_across_rounds(sampler):
+    payload = _payload() if sampler == "fedsllm" else {}
+    first = _client()
+    first.receive(payload, {})
+    _, _, m1 = first.fit(_global_params(), _config(sampler))
+    chosen1 = np.zeros(N_TRAIN, dtype=bool)
+    chosen1[first.selection.indices] = True
+    assert m1["selection-coverage"] == pytest.approx(chosen1.mean()) and "selection-repeat" not in m1
+    state = first.private_state()  # what the ClientApp keeps in context.state
+    assert state["fedsllm.selected-ever"].dtype == np.uint8
+    np.testing.assert_array_equal(state["fedsllm.selected-ever"].astype(bool), chosen1)
+    second = _client(model_seed=1)  # a fresh client object, as in the next round
+    second.load_private_state(state)
+    second.receive(payload, {})
+    _, _, m2 = second.fit(_global_params(), _config(sampler, **{"server-round": 2}))
+    chosen2 = np.zeros(N_TRAIN, dtype=bool)
+    chosen2[second.selection.indices] = True
+    assert m2["selection-repeat"] == pytest.approx((chosen1 & chosen2).sum() / chosen2.sum())
+    assert m2["selection-coverage"] == pytest.approx((chosen1 | chosen2).mean())
+    if sampler == "random":  # another round's stream: not the same 5 positives again
+        assert m2["selection-repeat"] < 1.0 and m2["selection-coverage"] > m1["selection-coverage"]
+    with pytest.raises(ValueError, match="selected-ever' has shape \\(3,\\).*20 training positives"):
+        _client().load_private_state({"fedsllm.selected-ever": np.ones(3, dtype=np.uint8)})
+
+
+def test_selection_overlap_means_what_is_reported():
+    from strategies.fedsllm import selection_overlap
+    got = selection_overlap([{"selection-coverage": 0.2}, {"selection-coverage": 0.4,
+                             "selection-repeat": 0.5}, {"selection-ms": 1.0}])
+    assert got == {"selection-coverage": pytest.approx(0.3), "selection-repeat": 0.5,
+                   "selection-repeat-clients": 1}
+    assert selection_overlap([{"selection-ms": 1.0}]) == {"selection-repeat-clients": 0}
+
+
 def test_base_sampler_trains_exactly_like_the_base_client():
     params = _global_params()
     plain, sllm = _client(FedRecClient), _client(FedSLLMClient)
