@@ -4,7 +4,7 @@
     python bench/selection_overlap.py outputs/results-fedsllm-overlap/fedsllm-s0 outputs/results-fedsllm-overlap/random-s0
 
 Reads ``selection-repeat``, ``selection-repeat-clients`` and ``selection-coverage`` from each run
-directory's ``rounds.jsonl`` (the FedSLLM strategy logs them from commit 6875c34 on; see
+directory's ``rounds.jsonl`` (the FedSLLM strategy logs them from commit 661f2a5 on; see
 :mod:`clients.fedsllm`). Prints per run: the mean repeat over all client-rounds that had an
 earlier round (share of a client's selection already selected by it before; random selection
 at S gives about S), and the mean coverage (share of a client's positives selected at least
