@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parent
+#: fedmm's top-level packages: a directory holding one of them shadows this checkout's code.
+PACKAGES = ("fedmm", "clients", "strategies", "server_tasks")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,6 +59,39 @@ def resolve_config(args: argparse.Namespace) -> dict:
         cfg["cache-dir"] = str(Path(cfg["cache-dir"]).expanduser().resolve())
     RunConfig.from_mapping(cfg)  # fail fast, before any process starts
     return cfg
+
+
+def foreign_superlink(app_dir: Path = APP_DIR, proc: Path = Path("/proc")) -> tuple[int, Path] | None:
+    """A running simulation SuperLink that would run another checkout's ClientApp code.
+
+    ``flwr run`` reuses a local SuperLink that is already running (it outlives the command).
+    Its simulation's Ray workers inherit the SuperLink's working directory and import
+    ``clients``/``fedmm``/... from there before the submitted app, so a SuperLink started in
+    another fedmm checkout silently trains this run's clients with that checkout's code (the
+    ServerApp side does use this checkout's). Linux only (reads ``/proc``); elsewhere None.
+
+    Returns
+    -------
+    tuple of (int, pathlib.Path) or None
+        PID and working directory of such a SuperLink: one started with ``--simulation`` whose
+        working directory is not ``app_dir`` and holds one of :data:`PACKAGES`.
+    """
+    if not proc.is_dir():
+        return None
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        names = [Path(a.decode(errors="replace")).name for a in argv]
+        if "flower-superlink" not in names or b"--simulation" not in argv:
+            continue
+        if cwd.resolve() != app_dir.resolve() and any((cwd / pkg).is_dir() for pkg in PACKAGES):
+            return int(entry.name), cwd
+    return None
 
 
 def _toml_value(v) -> str:
@@ -125,6 +160,14 @@ def mean_std_table(finals: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    foreign = foreign_superlink()
+    if foreign is not None:
+        pid, cwd = foreign
+        print(f"error: a local Flower SuperLink (pid {pid}) started in {cwd} is running; "
+              f"flwr run would reuse it and its clients would import the code in {cwd}, not "
+              f"{APP_DIR}. Stop it (kill {pid}; its flower-superexec child exits with it) and "
+              "rerun; no run was started.", file=sys.stderr)
+        return 2
     sys.path.insert(0, str(APP_DIR))
     from fedmm.config import ConfigError
     from fedmm.data.raw import DataError

@@ -1,0 +1,44 @@
+"""run.py refuses to reuse a local SuperLink started in another fedmm checkout."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+_SPEC = importlib.util.spec_from_file_location("run_py", Path(__file__).resolve().parents[1] / "run.py")
+run_py = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(run_py)
+
+
+def _process(proc: Path, pid: int, argv: list[str], cwd: Path) -> None:
+    d = proc / str(pid)
+    d.mkdir(parents=True)
+    (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    (d / "cwd").symlink_to(cwd)
+
+
+def test_only_a_simulation_superlink_in_another_checkout_is_named(tmp_path):
+    here, other, plain = tmp_path / "here", tmp_path / "other", tmp_path / "plain"
+    for d in (here, other, plain):
+        d.mkdir()
+    (here / "clients").mkdir()
+    (other / "strategies").mkdir()
+    proc = tmp_path / "proc"
+    link = ["/venv/bin/python", "/venv/bin/flower-superlink", "--insecure", "--simulation"]
+    _process(proc, 11, link, here)                                   # this checkout: fine
+    _process(proc, 12, link, plain)                                  # no fedmm packages: fine
+    _process(proc, 13, link[:3], other)                              # deployment SuperLink
+    _process(proc, 14, ["/venv/bin/python", "/venv/bin/flwr-simulation"], other)
+    (proc / "self").mkdir()
+    assert run_py.foreign_superlink(here, proc) is None
+    _process(proc, 15, link, other)
+    assert run_py.foreign_superlink(here, proc) == (15, other)
+    assert run_py.foreign_superlink(tmp_path / "missing", tmp_path / "noproc") is None
+
+
+def test_main_stops_before_any_run_and_names_the_pid(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(run_py, "foreign_superlink", lambda: (4242, tmp_path / "old"))
+    monkeypatch.setattr(run_py, "run_one", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    assert run_py.main(["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "pid 4242" in err and str(tmp_path / "old") in err and "kill 4242" in err
+    assert not (tmp_path / "out").exists()
