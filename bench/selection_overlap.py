@@ -6,8 +6,9 @@
 Reads ``selection-repeat``, ``selection-repeat-clients`` and ``selection-coverage`` from each run
 directory's ``rounds.jsonl`` (the FedSLLM strategy logs them from commit 661f2a5 on; see
 :mod:`clients.fedsllm`). Prints per run: the mean repeat over all client-rounds that had an
-earlier round (share of a client's selection already selected by it before; random selection
-at S gives about S), and the mean coverage (share of a client's positives selected at least
+earlier round (share of a client's selection already selected by it in any earlier round;
+random selection at S gives about the coverage before the round, 1 - (1 - S)^k after k
+rounds), and the mean coverage (share of a client's positives selected at least
 once) of the clients trained in the first and the last tenth of the rounds.
 """
 from __future__ import annotations

@@ -17,8 +17,9 @@ Coverage bookkeeping (diagnostic, stays on the client except two floats): the pr
 keeps a mask of the positives selected in any earlier round this client was sampled in, and
 ``fit`` reports ``selection-coverage`` (share of its positives selected at least once so far,
 this round included) and, from its second round on, ``selection-repeat`` (share of this
-round's selection that was already selected before). Random selection at ``S`` gives a repeat
-near ``S``; a sampler that keeps picking the same positives gives a repeat near 1.
+round's selection that was already selected in any earlier round). Random selection at ``S``
+gives a repeat near the coverage before the round, ``1 - (1 - S)^k`` after ``k`` earlier rounds;
+a sampler that keeps picking the same positives gives a repeat near 1 and a coverage near ``S``.
 
 Negatives are sampled as usual (``num-negatives`` per selected positive), so the number of
 examples, hence the FedAvg weight, is that of the selected positives. The sampler, ``S`` and
