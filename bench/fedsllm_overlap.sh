@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # docs/results.md section 3.2: does FedSLLM keep selecting the same positives? Seed 0, 100 rounds,
-# C = S = 10 %, on the code with the coverage bookkeeping (661f2a5 on). Serially, one at a time.
+# C = S = 10 %, on the code with the coverage bookkeeping (661f2a5 on; the figures in the doc: d047d1c). Serially, one at a time.
 #   bash bench/fedsllm_overlap.sh
 #   .venv/bin/python bench/selection_overlap.py outputs/results-fedsllm-overlap/*-s0
 set -euo pipefail
