@@ -1,12 +1,11 @@
 """run.py refuses to reuse a local SuperLink started in another fedmm checkout."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-_SPEC = importlib.util.spec_from_file_location("run_py", Path(__file__).resolve().parents[1] / "run.py")
-run_py = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(run_py)
+from script_util import load_script
+
+run_py = load_script("run.py", "run_py")
 
 
 def _process(proc: Path, pid: int, argv: list[str], cwd: Path) -> None:

@@ -1,16 +1,14 @@
 """bench/selection_overlap.py: the repeat and coverage figures it prints from rounds.jsonl."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location(
-    "selection_overlap", Path(__file__).resolve().parents[1] / "bench" / "selection_overlap.py")
-bench = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bench)
+from script_util import load_script
+
+bench = load_script("bench/selection_overlap.py", "selection_overlap")
 
 
 def _write(run: Path, rows: list[dict]) -> Path:

@@ -1,16 +1,13 @@
 """bench/tables.py: what it reads and the mean ± std it prints."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location(
-    "tables", Path(__file__).resolve().parents[1] / "bench" / "tables.py")
-tables = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(tables)
+from script_util import load_script
+
+tables = load_script("bench/tables.py", "tables")
 
 
 def _final(seed: int, hr: float) -> dict:
