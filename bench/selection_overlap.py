@@ -25,7 +25,7 @@ def overlap(run_dir: Path) -> dict:
     if not path.exists():
         raise SystemExit(f"{path}: no such file (not a run directory?)")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    cov = [(r["round"], r["selection-coverage"]) for r in rows if "selection-coverage" in r]
+    cov = [r["selection-coverage"] for r in rows if "selection-coverage" in r]
     if not cov:
         raise SystemExit(f"{path}: no 'selection-coverage' in any round; the run predates the "
                          "coverage bookkeeping or is not a FedSLLM-strategy run")
@@ -37,8 +37,8 @@ def overlap(run_dir: Path) -> dict:
         "rounds": len(rows),
         "repeat": (sum(v * n for v, n in rep) / sum(n for _, n in rep)) if rep else float("nan"),
         "repeat-client-rounds": sum(n for _, n in rep),
-        "coverage-first": statistics.mean(c for _, c in cov[:tenth]),
-        "coverage-last": statistics.mean(c for _, c in cov[-tenth:]),
+        "coverage-first": statistics.mean(cov[:tenth]),
+        "coverage-last": statistics.mean(cov[-tenth:]),
         "tenth": tenth,
     }
 
