@@ -148,6 +148,23 @@ def run_one(cfg: dict, num_users: int, federation_config: str, timeout: float | 
     return json.loads(final.read_text())
 
 
+def with_reference(cfg: dict, data, final: dict) -> dict:
+    """Compute the MostPop and centralised rows of ``cfg`` (fedmm/reference.py), add them to the
+    run's final.json and print the three rows side by side."""
+    from fedmm.config import RunConfig
+    from fedmm.factory import set_threads
+    from fedmm.outputs import add_reference, format_table
+    from fedmm.reference import reference_rows
+
+    rc = RunConfig.from_mapping(cfg)
+    set_threads(rc)
+    print("fedmm: reference rows (mostpop; centralised, cached after the first run) ...", flush=True)
+    ref = reference_rows(rc, data, log=lambda s: print(s, flush=True))
+    final = add_reference(Path(cfg["out-dir"]) / cfg["run-name"], ref)
+    print(format_table(final), flush=True)
+    return final
+
+
 def mean_std_table(finals: list[dict]) -> str:
     keys = list(finals[0]["test"])
     lines = [f"{len(finals)} seeds, test metrics at the best validation round (mean ± std):"]
@@ -188,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         run_cfg = dict(cfg, seed=seed, **{"run-name": f"{base_name}-s{seed}"})
         try:
-            finals.append(run_one(run_cfg, data.num_users, args.federation_config, args.timeout))
+            final = run_one(run_cfg, data.num_users, args.federation_config, args.timeout)
+            finals.append(with_reference(run_cfg, data, final))
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed.append(seed)

@@ -29,6 +29,7 @@ from fedmm.data.split import UserData
 from fedmm.device import resolve_device
 from fedmm.metrics import leave_one_out_metrics
 from fedmm.models.base import FedRecModel
+from fedmm.models.optim import GroupedOptimizer, resolve_optimizers
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,9 @@ class LocalSettings:
     """What local training/evaluation needs from the run config."""
 
     local_epochs: int
-    lr: float
+    #: group -> (optimizer name or "", learning rate or 0): run-config overrides of the
+    #: backbone's default optimisers ("" / 0 keep the default).
+    optimizers: tuple[tuple[str, str, float], ...]
     weight_decay: float
     batch_size: int
     num_negatives: int
@@ -49,12 +52,14 @@ class LocalSettings:
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> "LocalSettings":
-        return cls(cfg.local_epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.num_negatives,
+        return cls(cfg.local_epochs, cfg.optimizer_overrides(), cfg.weight_decay, cfg.batch_size, cfg.num_negatives,
                    cfg.device, cfg.seed, cfg.ldp_delta, cfg.topk, cfg.protocols(), cfg.num_eval_negatives)
 
 
 class FedRecClient(NumPyClient):
-    """One user's client: BCE with sampled negatives, Adam, ``local-epochs`` passes per round.
+    """One user's client: BCE with sampled negatives, ``local-epochs`` passes per round, each
+    batch stepped with the backbone's per-group optimisers in its update steps
+    (:mod:`fedmm.models.optim`; run-config ``<group>-optimizer`` / ``<group>-lr`` override them).
 
     Parameters
     ----------
@@ -131,6 +136,13 @@ class FedRecClient(NumPyClient):
         return {} if counts is None else {"item-counts": counts}
 
     # ----- training -------------------------------------------------------------------------
+    def optimizer(self) -> GroupedOptimizer:
+        """This round's optimisers: the backbone's defaults with the run-config overrides."""
+        overrides = {g: (name, lr) for g, name, lr in self.settings.optimizers}
+        optims = resolve_optimizers(self.model.default_optimizers(), overrides)
+        return GroupedOptimizer(self.model.param_groups(), optims, self.model.update_steps,
+                                self.settings.weight_decay)
+
     def _rng(self, server_round: int) -> np.random.Generator:
         return np.random.default_rng([self.settings.seed, server_round, self.data.user])
 
@@ -142,7 +154,7 @@ class FedRecClient(NumPyClient):
         torch.manual_seed(int(rng.integers(2**31)))
         positives = np.asarray(self.training_positives(config), dtype=np.int64)
         s = self.settings
-        opt = torch.optim.Adam(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        optim = self.optimizer()
         self.model.train()
         n_pos = positives.size
         total, batches = 0.0, 0
@@ -157,15 +169,17 @@ class FedRecClient(NumPyClient):
             labels_t = torch.as_tensor(labels[perm], device=self.device)
             for start in range(0, items.size, s.batch_size):
                 bi, bl = items_t[start:start + s.batch_size], labels_t[start:start + s.batch_size]
-                logits = self.model(bi)
-                loss = F.binary_cross_entropy_with_logits(logits, bl) + self.model.regularization(bi)
-                extra = self.extra_loss(bi, bl, logits, config)
-                if extra is not None:
-                    loss = loss + extra
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
+                for i, groups in enumerate(optim.steps):
+                    logits = self.model(bi)
+                    loss = F.binary_cross_entropy_with_logits(logits, bl) + self.model.regularization(bi)
+                    extra = self.extra_loss(bi, bl, logits, config)
+                    if extra is not None:
+                        loss = loss + extra
+                    optim.zero_grad()
+                    loss.backward()
+                    optim.step(groups)
+                    if i == 0:  # the loss before this batch's updates
+                        total += float(loss.detach())
                 batches += 1
         self._item_counts = counts if config.get("aggregation") == "itemwise" else None
         params = self.get_parameters({})

@@ -27,9 +27,12 @@ class ConfigError(ValueError):
 
 BACKBONE_CHOICES = ("fedmf", "fedncf", "pfedrec", "fedrap", "fedpergnn")
 METHOD_CHOICES = ("base", "gfmfr", "fedsllm")
-AGGREGATION_CHOICES = ("fedavg", "itemwise")
+AGGREGATION_CHOICES = ("fedavg", "mean", "itemwise")
 PROTOCOL_CHOICES = ("both", "full", "sampled")
 DEVICE_CHOICES = ("cpu", "cuda")
+OPTIMIZER_CHOICES = ("", "sgd", "adam")
+#: Parameter groups with their own optimiser keys (fedmm.models.optim.GROUPS).
+OPTIM_GROUPS = ("items", "local_items", "shared", "private")
 
 
 def cast_value(key: str, raw: Any, kind: str) -> Any:
@@ -160,7 +163,14 @@ class RunConfig(ConfigSection):
     aggregation: str
     # local training
     local_epochs: int
-    lr: float
+    items_optimizer: str
+    items_lr: float
+    local_items_optimizer: str
+    local_items_lr: float
+    shared_optimizer: str
+    shared_lr: float
+    private_optimizer: str
+    private_lr: float
     weight_decay: float
     batch_size: int
     num_negatives: int
@@ -172,6 +182,8 @@ class RunConfig(ConfigSection):
     num_eval_negatives: int
     topk: tuple[int, ...]
     select_metric: str
+    centralised_epochs: int
+    centralised_lr: float
     # run
     seed: int
     out_dir: str
@@ -195,8 +207,16 @@ class RunConfig(ConfigSection):
                 raise bad(key, "must be > 0")
         if not 0.0 < self.fraction_train <= 1.0:
             raise bad("fraction-train", "must be in (0, 1]")
-        if self.lr <= 0:
-            raise bad("lr", "must be > 0")
+        for group in OPTIM_GROUPS:
+            if getattr(self, f"{group}_optimizer") not in OPTIMIZER_CHOICES:
+                raise bad(f"{group}_optimizer", f"choose one of {list(OPTIMIZER_CHOICES)} "
+                                                "(\"\" = the backbone's default)")
+            if getattr(self, f"{group}_lr") < 0:
+                raise bad(f"{group}_lr", "must be > 0, or 0 for the backbone's default")
+        if self.centralised_epochs < 0:
+            raise bad("centralised-epochs", "must be >= 0 (0 skips the centralised row)")
+        if self.centralised_lr <= 0:
+            raise bad("centralised-lr", "must be > 0")
         if self.num_negatives < 1:
             raise bad("num-negatives", "must be >= 1")
         if self.weight_decay < 0 or self.ldp_delta < 0:
@@ -210,6 +230,12 @@ class RunConfig(ConfigSection):
                                        f"produces: {self.metric_names(split='valid')}")
 
     # ------------------------------------------------------------------------------------
+    def optimizer_overrides(self) -> tuple[tuple[str, str, float], ...]:
+        """``(group, optimizer or "", lr or 0)`` for the three parameter groups: what overrides
+        the backbone's default local optimisers (:mod:`fedmm.models.optim`)."""
+        return tuple((g, getattr(self, f"{g}_optimizer"), getattr(self, f"{g}_lr"))
+                     for g in OPTIM_GROUPS)
+
     def protocols(self) -> tuple[str, ...]:
         """Evaluation protocols that run: ``("full", "sampled")`` or one of them."""
         return ("full", "sampled") if self.eval_protocol == "both" else (self.eval_protocol,)

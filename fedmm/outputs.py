@@ -96,14 +96,31 @@ def summarize(history: list[dict[str, Any]], best: dict[str, Any] | None, select
 
 
 def format_table(final: dict[str, Any]) -> str:
-    """A small text table of the test metrics at the selected round."""
+    """A small text table of the test metrics at the selected round; with ``final["reference"]``
+    (written by ``run.py``) the MostPop floor and the centralised ceiling are rows beside it."""
     test = final["test"]
     protocols = sorted({k.split("_")[0] for k in test})
     ks = sorted({int(k.split("@")[1]) for k in test})
+    rows = [("federated", test)]
+    ref = final.get("reference", {})
+    if "mostpop" in ref:
+        rows.insert(0, ("mostpop", ref["mostpop"]["test"]))
+    if "centralised" in ref:
+        rows.append(("centralised", ref["centralised"]["test"]))
     lines = [f"best round {final['best_round']} (by {final['select_metric']}), "
              f"{final['eval_users']} users, test metrics:",
-             f"{'protocol':<10}" + "".join(f"{f'HR@{k}':>9}{f'NDCG@{k}':>10}" for k in ks)]
-    for p in protocols:
-        lines.append(f"{p:<10}" + "".join(f"{test[f'{p}_hr@{k}']:>9.4f}{test[f'{p}_ndcg@{k}']:>10.4f}"
-                                          for k in ks))
+             f"{'row':<12}{'protocol':<10}" + "".join(f"{f'HR@{k}':>9}{f'NDCG@{k}':>10}" for k in ks)]
+    for name, metrics in rows:
+        for p in protocols:
+            lines.append(f"{name:<12}{p:<10}" + "".join(
+                f"{metrics[f'{p}_hr@{k}']:>9.4f}{metrics[f'{p}_ndcg@{k}']:>10.4f}" for k in ks))
     return "\n".join(lines)
+
+
+def add_reference(run_dir: Path, reference: dict[str, Any]) -> dict[str, Any]:
+    """Add the floor/ceiling rows to ``run_dir/final.json`` (atomically) and return it."""
+    path = Path(run_dir) / "final.json"
+    final = json.loads(path.read_text())
+    final["reference"] = reference
+    _atomic_json(path, final)
+    return final

@@ -78,7 +78,10 @@ class FedRecStrategy(FedAvg):
         Evaluate all nodes every this many rounds (and at the last round).
     select_metric : str, default "valid_sampled_ndcg@10"
         Validation metric that picks the best round.
-    aggregation : {"fedavg", "itemwise"}, default "fedavg"
+    aggregation : {"fedavg", "mean", "itemwise"}, default "fedavg"
+        ``fedavg``: shared arrays averaged weighted by ``num-examples``; ``mean``: unweighted
+        (each client once); ``itemwise``: as ``fedavg``, but each item row averaged over the
+        clients that trained it.
     seed : int, default 0
         Seeds client sampling.
     on_round : callable, optional
@@ -93,8 +96,8 @@ class FedRecStrategy(FedAvg):
                  min_available_nodes: int = 1) -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=1.0, min_train_nodes=1,
                          min_evaluate_nodes=1, min_available_nodes=min_available_nodes)
-        if aggregation not in ("fedavg", "itemwise"):
-            raise ValueError(f"aggregation must be 'fedavg' or 'itemwise', got {aggregation!r}")
+        if aggregation not in ("fedavg", "mean", "itemwise"):
+            raise ValueError(f"aggregation must be 'fedavg', 'mean' or 'itemwise', got {aggregation!r}")
         self.num_rounds = num_rounds
         self.eval_every = eval_every
         self.select_metric = select_metric
@@ -245,7 +248,8 @@ class FedRecStrategy(FedAvg):
             if not isinstance(mm.get("num-examples"), (int, float)):
                 raise ReplyError(f"reply from node {src}: MetricRecord lacks a scalar 'num-examples'")
         weights = [float(mm["num-examples"]) for mm in metrics]
-        new = weighted_average(states, weights)
+        # "mean": every client counts once (the official PFedRec server's plain mean).
+        new = weighted_average(states, [1.0] * len(states) if self.aggregation == "mean" else weights)
         if self.aggregation == "itemwise":
             counts = []
             for m in ok:

@@ -41,6 +41,32 @@ def write_tiny_grouplens(directory: Path, n_users: int = 12, n_items: int = 30, 
     return directory
 
 
+def write_grouped_grouplens(directory: Path, sizes: tuple[int, ...] = (16, 8, 8, 8),
+                            items_per_group: int = 20, per_user: int = 10, seed: int = 0) -> Path:
+    """Write ``u.data``/``u.item`` where popularity ranks badly: users of group ``g`` rate only
+    items of group ``g`` and the groups differ in size, so the most popular items are the big
+    group's and MostPop misses every smaller group's held-out items. A recommender that learns
+    who likes what ranks each user's own group first."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    rows, user = [], 0
+    for g, n_users in enumerate(sizes):
+        pool = np.arange(g * items_per_group, (g + 1) * items_per_group) + 1
+        for _ in range(n_users):
+            user += 1
+            items = rng.choice(pool, size=per_user, replace=False)
+            for t, i in enumerate(items):
+                rows.append(f"{user}\t{i}\t{int(rng.integers(1, 6))}\t{880000000 + 1000 * t + user}")
+    (directory / "u.data").write_text("\n".join(rows) + "\n")
+    lines = []
+    for i in range(1, len(sizes) * items_per_group + 1):
+        flags = ["0"] * 19
+        flags[1 + (i - 1) // items_per_group] = "1"
+        lines.append(f"{i}|Film {i} (1995)|01-Jan-1995||http://x|" + "|".join(flags))
+    (directory / "u.item").write_text("\n".join(lines) + "\n", encoding="latin-1")
+    return directory
+
+
 @pytest.fixture()
 def tiny_grouplens(tmp_path: Path) -> Path:
     return write_tiny_grouplens(tmp_path / "gl")

@@ -32,7 +32,7 @@ def make_client(backbone="pfedrec", **kw):
 
 @pytest.mark.parametrize("backbone", ["fedmf", "fedncf", "pfedrec", "fedrap", "fedpergnn"])
 def test_fit_returns_shared_only_and_learns(backbone):
-    c = make_client(backbone, **{"local-epochs": 5, "lr": 0.05})
+    c = make_client(backbone, **{"local-epochs": 5})
     p0 = c.get_parameters({})
     assert len(p0) == len(c.model.shared_keys())
     losses = []
@@ -83,3 +83,32 @@ def test_evaluate_metrics_in_range():
     assert n == 1 and np.isfinite(loss)
     assert all(0.0 <= v <= 1.0 for v in m.values())
     assert "test_full_hr@50" in m and "valid_sampled_ndcg@5" in m
+
+
+def test_evaluate_ranks_a_hand_built_model_exactly():
+    """Scores set by hand (PFedRec, score_fn = first coordinate): every metric is derived by
+    hand below; negating the scores or ranking the wrong items fails it."""
+    import math
+
+    import torch
+
+    scores = torch.tensor([9.0, 8, 5, 7, 6, 4, 3, 2, 1, 0])
+    model = build_model("pfedrec", 10, 2)
+    with torch.no_grad():
+        model.item_emb.weight.copy_(torch.stack([scores, torch.zeros(10)], dim=1))
+        model.score_fn.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        model.score_fn.bias.zero_()
+    ud = UserData(0, np.array([0, 1], dtype=np.int64), 2, 3, 10)  # train {0, 1}, valid 2, test 3
+    c = FedRecClient(model, ud, settings(topk="1,5", **{"select-metric": "valid_sampled_ndcg@5"}))
+    _, _, m = c.evaluate(c.get_parameters({}), {})
+    # full: valid (5.0) is behind items 3 (7.0) and 4 (6.0), training items excluded -> rank 2;
+    # test (7.0) is behind nothing once training items and the valid item are excluded -> rank 0.
+    # sampled: the negatives are all 6 never-seen items {4..9}; valid is behind item 4 -> rank 1.
+    expected = {
+        "valid_full_hr@1": 0.0, "valid_full_hr@5": 1.0, "valid_full_ndcg@5": 1 / math.log2(4),
+        "test_full_hr@1": 1.0, "test_full_ndcg@5": 1.0,
+        "valid_sampled_hr@1": 0.0, "valid_sampled_ndcg@5": 1 / math.log2(3),
+        "test_sampled_hr@1": 1.0, "test_sampled_ndcg@1": 1.0,
+    }
+    for k, v in expected.items():
+        assert m[k] == pytest.approx(v), k

@@ -44,7 +44,8 @@ def test_failed_run_exits_nonzero_and_keeps_results(tmp_path, tiny_grouplens):
     proc = run_app(tmp_path, tiny_grouplens, "no-such-key=1")[0]
     assert proc.returncode == 2 and "no-such-key" in proc.stderr
     # A run that fails inside the ServerApp (lr so large training diverges to NaN) exits non-zero.
-    proc = run_app(tmp_path, tiny_grouplens, "num-server-rounds=1 eval-every=1 lr=1e30", seeds=[0])[0]
+    proc = run_app(tmp_path, tiny_grouplens, "num-server-rounds=1 eval-every=1 items-lr=1e30 "
+                   "private-lr=1e30 items-optimizer='sgd' private-optimizer='sgd'", seeds=[0])[0]
     assert proc.returncode != 0
     after = {p: p.read_bytes() for p in before}
     assert after == before  # earlier results untouched

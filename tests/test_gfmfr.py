@@ -45,7 +45,7 @@ def settings(**overrides) -> GFMFRConfig:
 
 
 def local_settings(ldp: float = 0.0) -> LocalSettings:
-    return LocalSettings(local_epochs=1, lr=0.05, weight_decay=0.0, batch_size=16, num_negatives=2,
+    return LocalSettings(local_epochs=1, optimizers=(), weight_decay=0.0, batch_size=16, num_negatives=2,
                          device="cpu", seed=0, ldp_delta=ldp, topk=(5,), protocols=("full",),
                          num_eval_negatives=5)
 

@@ -24,9 +24,12 @@ No Flower import here: models are used alone by tests and server-side tasks.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import nn
+
+from fedmm.models.optim import GROUPS, GroupOptim
 
 
 class FedRecModel(nn.Module, ABC):
@@ -45,6 +48,9 @@ class FedRecModel(nn.Module, ABC):
     #: Prefixes of the parameters that form the prediction (score) function ``P_u`` —
     #: what GFMFR clusters clients by. May overlap with shared or private keys.
     scorer_prefixes: tuple[str, ...] = ()
+    #: Update steps of local training: each is one forward/backward pass per batch that steps
+    #: only the named parameter groups (see :mod:`fedmm.models.optim`). Default: one joint step.
+    update_steps: ClassVar[tuple[tuple[str, ...], ...]] = (GROUPS,)
 
     def __init__(self, num_items: int, dim: int = 32) -> None:
         super().__init__()
@@ -68,10 +74,33 @@ class FedRecModel(nn.Module, ABC):
         """State-dict keys of the prediction function ``P_u`` (sorted)."""
         return sorted(k for k in self.state_dict() if k.startswith(self.scorer_prefixes))
 
-    # ----- scoring --------------------------------------------------------------------------
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by group: ``items`` (the shared item table), ``local_items`` (a private
+        item table, ``item_local``), ``shared`` (other shared layers), ``private`` (the rest),
+        each in state-dict order; a group may be empty."""
+        shared = set(self.shared_keys())
+        groups: dict[str, list[nn.Parameter]] = {g: [] for g in GROUPS}
+        for name, param in self.named_parameters():
+            if name.startswith("item_emb."):
+                groups["items"].append(param)
+            elif name.startswith("item_local."):
+                groups["local_items"].append(param)
+            elif name in shared:
+                groups["shared"].append(param)
+            else:
+                groups["private"].append(param)
+        return groups
+
     @abstractmethod
+    def default_optimizers(self) -> dict[str, GroupOptim]:
+        """The backbone's default local optimiser of each non-empty parameter group, from its
+        paper's official code where one exists (the one place these defaults live)."""
+
+    # ----- scoring --------------------------------------------------------------------------
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        """Vectors fed to the scorer. ``items``: int64 ``(batch,)`` -> float ``(batch, dim)``."""
+        """Vectors fed to the scorer; default: the item rows ``v_i``.
+        ``items``: int64 ``(batch,)`` -> float ``(batch, dim)``."""
+        return self.item_emb(items)
 
     @abstractmethod
     def score_vectors(self, vectors: torch.Tensor) -> torch.Tensor:

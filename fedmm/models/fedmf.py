@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fedmm.models.base import FedRecModel
+from fedmm.models.optim import GroupOptim
 
 
 class FedMF(FedRecModel):
@@ -42,9 +43,11 @@ class FedMF(FedRecModel):
         super().__init__(num_items, dim)
         self.user_emb = nn.Parameter(torch.randn(self.dim) * self.dim**-0.5)
 
-    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        """Item rows ``v_i``: int64 ``(batch,)`` -> float ``(batch, dim)``."""
-        return self.item_emb(items)
+    def default_optimizers(self) -> dict[str, GroupOptim]:
+        """PROBE"""
+        return {"items": GroupOptim("sgd", 0.1 * self.num_items * 80), "shared": GroupOptim("sgd", 0.1),
+                "private": GroupOptim("sgd", 0.1)} if False else {"items": GroupOptim("sgd", 0.1 * self.num_items * 80),
+                "private": GroupOptim("sgd", 0.1)}
 
     def score_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Logits ``<u, v>``: float ``(batch, dim)`` -> float ``(batch,)``."""

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fedmm.models.base import FedRecModel
+from fedmm.models.optim import GroupOptim
 
 
 class FedNCF(FedRecModel):
@@ -88,9 +89,11 @@ class FedNCF(FedRecModel):
         self.mlp = nn.Sequential(*tower)
         self.output = nn.Linear(layers[-1], 1)
 
-    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        """Item rows ``v_i``: int64 ``(batch,)`` -> float ``(batch, dim)``."""
-        return self.item_emb(items)
+    def default_optimizers(self) -> dict[str, GroupOptim]:
+        """PROBE"""
+        return {"items": GroupOptim("sgd", 0.1 * self.num_items * 80), "shared": GroupOptim("sgd", 0.1),
+                "private": GroupOptim("sgd", 0.1)} if True else {"items": GroupOptim("sgd", 0.1 * self.num_items * 80),
+                "private": GroupOptim("sgd", 0.1)}
 
     def score_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Logits ``output(mlp([u; v]))``: float ``(batch, dim)`` -> float ``(batch,)``."""

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedmm.models.base import FedRecModel
+from fedmm.models.optim import GroupOptim
 
 
 class UserGraphAttention(nn.Module):
@@ -145,9 +146,11 @@ class FedPerGNN(FedRecModel):
         """The user's representation ``h_u`` after one GAT step, float ``(dim,)``."""
         return self.gnn(self.user_emb, self.item_emb(self.neighbors))
 
-    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        """Item rows ``v_i``: int64 ``(batch,)`` -> float ``(batch, dim)``."""
-        return self.item_emb(items)
+    def default_optimizers(self) -> dict[str, GroupOptim]:
+        """PROBE"""
+        return {"items": GroupOptim("sgd", 0.1 * self.num_items * 80), "shared": GroupOptim("sgd", 0.1),
+                "private": GroupOptim("sgd", 0.1)} if True else {"items": GroupOptim("sgd", 0.1 * self.num_items * 80),
+                "private": GroupOptim("sgd", 0.1)}
 
     def score_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Logits ``<h_u, v>``: float ``(batch, dim)`` -> float ``(batch,)``."""

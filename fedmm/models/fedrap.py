@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from fedmm.models.base import FedRecModel
+from fedmm.models.optim import GroupOptim
 
 #: Weight schedules of the two penalties, as a function of the 0-based round ``a``.
 SCHEDULES = ("tanh", "fixed")
@@ -129,6 +130,13 @@ class FedRAP(FedRecModel):
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """Additive item vectors ``C_i + D_i``: int64 ``(batch,)`` -> float ``(batch, dim)``."""
         return self.item_emb(items) + self.item_local(items)
+
+    def default_optimizers(self) -> dict[str, GroupOptim]:
+        """The authors' ML-100K command (README of github.com/mtics/FedRAP): one SGD step over
+        all parameters, ``lr_args = 1e3`` for both item tables ``C`` and ``D_u``,
+        ``lr_network = 1e-4`` for the score function, ``l2_regularization = 1e-6``."""
+        return {"items": GroupOptim("sgd", 1e3, 1e-6), "local_items": GroupOptim("sgd", 1e3, 1e-6),
+                "private": GroupOptim("sgd", 1e-4, 1e-6)}
 
     def score_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Logits ``score_fn(v)``: float ``(batch, dim)`` -> float ``(batch,)``."""

@@ -23,6 +23,10 @@ import torch
 from torch import nn
 
 from fedmm.models.base import FedRecModel
+from fedmm.models.optim import GroupOptim
+
+#: Official engine's learning-rate multiplier of the item table (``lr_eta``).
+LR_ETA = 80.0
 
 
 class PFedRec(FedRecModel):
@@ -45,14 +49,20 @@ class PFedRec(FedRecModel):
 
     shared_prefixes = ("item_emb.",)
     scorer_prefixes = ("score_fn.",)
+    #: The official engine's two steps per batch: the score function first, then (a second
+    #: forward pass) the item table.
+    update_steps = (("private",), ("items",))
 
     def __init__(self, num_items: int, dim: int = 32) -> None:
         super().__init__(num_items, dim)
         self.score_fn = nn.Linear(self.dim, 1)
 
-    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        """Item rows ``v_i``: int64 ``(batch,)`` -> float ``(batch, dim)``."""
-        return self.item_emb(items)
+    def default_optimizers(self) -> dict[str, GroupOptim]:
+        """The official engine's (``engine.py``, ``fed_train_single_batch``): SGD on the score
+        function at ``lr = 0.1``; SGD on the item table at ``lr * num_items * lr_eta`` with
+        ``lr_eta = 80`` (the loss is a batch mean, so this rescales it to a per-item step)."""
+        lr = 0.1
+        return {"private": GroupOptim("sgd", lr), "items": GroupOptim("sgd", lr * self.num_items * LR_ETA)}
 
     def score_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Logits ``score_fn(v)``: float ``(batch, dim)`` -> float ``(batch,)``."""
