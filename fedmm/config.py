@@ -156,6 +156,7 @@ class RunConfig(ConfigSection):
     # model
     backbone: str
     embedding_dim: int
+    same_init: bool
     method: str
     # federation
     num_server_rounds: int

@@ -20,9 +20,12 @@ def data_for(cfg: RunConfig):
 
 def model_for(cfg: RunConfig, num_items: int, user: int | None = None,
               train_items: np.ndarray | None = None) -> FedRecModel:
-    """A backbone whose initial weights are fixed by (seed, user); ``user=None`` is the server's
-    copy that supplies the initial shared parameters."""
-    torch.manual_seed(cfg.seed * 1_000_003 + (-1 if user is None else user))
+    """A backbone whose initial weights are fixed by ``seed`` (``same-init``: every user's model
+    starts as the server's copy, whose shared parameters are the initial global ones, as the
+    official PFedRec/FedRAP engines copy one model to every user) or by (seed, user)
+    (``same-init = false``: private parts drawn per user); ``user=None`` is the server's copy."""
+    per_user = user is not None and not cfg.same_init
+    torch.manual_seed(cfg.seed * 1_000_003 + (user if per_user else -1))
     model = build_model(cfg.backbone, num_items, cfg.embedding_dim)
     if train_items is not None and hasattr(model, "set_neighbors"):
         model.set_neighbors(torch.as_tensor(train_items, dtype=torch.long))

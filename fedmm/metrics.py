@@ -2,7 +2,8 @@
 
 ``rank`` is 0-based and pessimistic: every other candidate whose score is >= the target's
 counts as ranked ahead of it, so a model that scores everything equally gets the worst rank
-(ties never inflate HR). HR@K = 1[rank < K]; NDCG@K = 1[rank < K] / log2(rank + 2).
+(ties never inflate HR). A NaN score ranks ahead of every target and a NaN target is ranked
+last, so a diverged model gets HR = 0, not 1 (NaN compares false with everything). HR@K = 1[rank < K]; NDCG@K = 1[rank < K] / log2(rank + 2).
 """
 from __future__ import annotations
 
@@ -30,8 +31,12 @@ def target_rank(scores: np.ndarray, target: int, candidates: np.ndarray | None =
     s_t = scores[target]
     if candidates is not None:
         comp = scores[candidates[candidates != target]]
-        return int(np.count_nonzero(comp >= s_t))
-    ahead = scores >= s_t
+        if np.isnan(s_t):
+            return int(comp.size)
+        return int(np.count_nonzero(~(comp < s_t)))
+    if np.isnan(s_t):
+        s_t = -np.inf  # every other candidate is ahead
+    ahead = ~(scores < s_t)
     ahead[target] = False
     if exclude is not None and exclude.size:
         ahead[exclude] = False

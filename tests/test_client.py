@@ -112,3 +112,21 @@ def test_evaluate_ranks_a_hand_built_model_exactly():
     }
     for k, v in expected.items():
         assert m[k] == pytest.approx(v), k
+
+
+def test_client_tells_the_model_the_round():
+    """FedRAP's penalties follow the server round (set_round): the same client, data and
+    parameters give a different update at round 1 (no penalty) than at round 30."""
+    import torch
+
+    def update(server_round):
+        torch.manual_seed(0)
+        ud = UserData(3, np.array([1, 4, 7, 9, 12, 15], dtype=np.int64), 20, 21, 40)
+        model = build_model("fedrap", 40, 8, local_init_std=0.5)
+        c = FedRecClient(model, ud, settings(**{"local-epochs": 1}))
+        p = c.fit(c.get_parameters({}), {"server-round": server_round})[0][0]
+        return p, c.model.lambda_a
+
+    (p1, lam1), (p30, lam30) = update(1), update(30)
+    assert lam1 == 0.0 and lam30 > 0.09
+    assert not np.allclose(p1, p30)

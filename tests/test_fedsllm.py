@@ -536,4 +536,6 @@ def test_fedsllm_end_to_end_through_flower(tmp_path, tiny_grouplens, chat_server
     assert [p["round"] for p in prompts] == [0, 1, 2] and len(seen) == 3
     assert "movies" in prompts[0]["prompt"] and "used" in prompts[1]["prompt"]
     assert seen[0]["body"]["model"] == "fake-chat"
-    assert final["test"]["sampled_hr@10"] >= 0.0
+    best = next(r for r in rounds if r["round"] == final["best_round"])
+    assert final["test"]["sampled_hr@10"] == best["test_sampled_hr@10"]
+    assert final["valid"]["sampled_ndcg@10"] == best["valid_sampled_ndcg@10"]

@@ -46,3 +46,16 @@ def test_leave_one_out_metrics_by_hand():
     assert m["valid_sampled_hr@1"] == 0.0 and math.isclose(m["valid_sampled_ndcg@3"], 1 / math.log2(3))
     # sampled test: 1.0 vs 6.0, 0.5 -> rank 1
     assert m["test_sampled_hr@3"] == 1.0
+
+
+def test_nan_scores_never_count_as_hits():
+    """A diverged model (NaN scores) gets the worst rank, not the best."""
+    import numpy as np
+
+    from fedmm.metrics import target_rank
+
+    scores = np.array([np.nan, 1.0, np.nan, 0.5])
+    assert target_rank(scores, 0, candidates=np.array([1, 2, 3])) == 3
+    assert target_rank(scores, 1, candidates=np.array([0, 2, 3])) == 2  # NaNs ahead, 0.5 behind
+    assert target_rank(scores, 0) == 3
+    assert target_rank(scores, 3, exclude=np.array([1])) == 2

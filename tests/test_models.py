@@ -73,7 +73,13 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_registry_lists_the_five_backbones() -> None:
-    assert NAMES == ["fedmf", "fedncf", "pfedrec", "fedrap", "fedpergnn"]
+    from fedmm.models import FedMF, FedNCF, FedPerGNN, FedRAP, PFedRec
+
+    expected = {"fedmf": FedMF, "fedncf": FedNCF, "pfedrec": PFedRec, "fedrap": FedRAP,
+                "fedpergnn": FedPerGNN}
+    assert BACKBONES == expected
+    for name, cls in expected.items():
+        assert type(build_model(name.upper(), NUM_ITEMS, DIM, **KWARGS.get(name, {}))) is cls
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -204,7 +210,20 @@ def test_fedncf_rejects_input_width_mismatch() -> None:
 
 def test_fedncf_default_layers_fit_default_dim() -> None:
     model = FedNCF(NUM_ITEMS)
-    assert model.layers == (64, 128, 64) and model.output.in_features == 64
+    assert model.layers == (64, 128, 64) and model.output.in_features == 32 + 64  # GMF + MLP
+    assert FedNCF(NUM_ITEMS, gmf=False).output.in_features == 64
+
+
+def test_fedncf_neumf_reads_the_gmf_product() -> None:
+    """With the MLP branch's output weights zeroed, the logit is the GMF term w . (u * v) + b."""
+    model = make("fedncf")
+    model.eval()
+    with torch.no_grad():
+        model.output.weight[:, DIM:] = 0.0
+    items = torch.tensor([1, 2])
+    v = model.item_emb.weight[items]
+    expected = (model.user_emb * v) @ model.output.weight[0, :DIM] + model.output.bias
+    torch.testing.assert_close(model(items), expected)
 
 
 # ----- FedRAP ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fedmm.models.base import FedRecModel
-from fedmm.models.optim import GroupOptim
+from fedmm.models.optim import GroupOptim, item_table_lr
 
 
 class FedMF(FedRecModel):
@@ -44,10 +44,14 @@ class FedMF(FedRecModel):
         self.user_emb = nn.Parameter(torch.randn(self.dim) * self.dim**-0.5)
 
     def default_optimizers(self) -> dict[str, GroupOptim]:
-        """PROBE"""
-        return {"items": GroupOptim("sgd", 0.1 * self.num_items * 80), "shared": GroupOptim("sgd", 0.1),
-                "private": GroupOptim("sgd", 0.1)} if False else {"items": GroupOptim("sgd", 0.1 * self.num_items * 80),
-                "private": GroupOptim("sgd", 0.1)}
+        """FedMF's official code (github.com/Di-Chai/FedMF) factorises explicit ratings with
+        per-rating SGD and has no implicit-feedback setting, so fedmm uses the PFedRec family's
+        federated update (the FedSLLM and GFMFR papers evaluate FedMF in that family of code):
+        SGD on the item table at :func:`~fedmm.models.optim.item_table_lr` and SGD on the user
+        vector at ``0.1 * 80 = 8`` (``lr * lr_eta``, the user-embedding rate of the same
+        authors' GPFedRec engine at full participation). Chosen on validation by
+        ``bench/lr_search.py`` (docs/results.md, section 1)."""
+        return {"items": GroupOptim("sgd", item_table_lr(self.num_items)), "private": GroupOptim("sgd", 8.0)}
 
     def score_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Logits ``<u, v>``: float ``(batch, dim)`` -> float ``(batch,)``."""

@@ -3,9 +3,13 @@ Knowledge-Based Systems 2022.
 
 The federated version of NCF (He et al., WWW 2017). Each client keeps its user embedding
 private; the item table and the network (MLP tower and output layer) are shared and averaged
-by the server. Of the three NCF variants (GMF, MLP, NeuMF) this is the MLP one: the user and
-item embeddings are concatenated and passed through a ReLU tower to a single logit, trained
-with BCE on implicit feedback and sampled negatives, as in the paper. The paper's secure
+by the server. Of the three NCF variants (GMF, MLP, NeuMF) the default is NeuMF, the paper's
+strongest: the output layer reads the GMF branch ``u * v`` (element-wise) beside the MLP
+tower's output on ``[u; v]``; ``gmf=False`` gives the MLP-only variant. Trained with BCE on
+implicit feedback and sampled negatives, as in the paper. Choice: both branches read the same
+user and item embeddings (NeuMF's original has separate ones per branch), so the item table
+stays one ``(num_items, dim)`` table like every other backbone's. The MLP-only variant stayed
+below MostPop on ML-100K in short probes (docs/results.md, section 1). The paper's secure
 aggregation protocol is a transport concern and is not part of the model.
 """
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 from torch import nn
 
 from fedmm.models.base import FedRecModel
-from fedmm.models.optim import GroupOptim
+from fedmm.models.optim import GroupOptim, item_table_lr
 
 
 class FedNCF(FedRecModel):
@@ -36,6 +40,8 @@ class FedNCF(FedRecModel):
     dropout : float, default 0.5
         Dropout probability after every hidden ReLU, in ``[0, 1)``. Active in ``train()`` mode
         only, so compare scores in ``eval()`` mode.
+    gmf : bool, default True
+        NeuMF (GMF branch + MLP tower) when true, MLP-only NCF when false.
 
     Attributes
     ----------
@@ -47,7 +53,7 @@ class FedNCF(FedRecModel):
     mlp : torch.nn.Sequential
         Shared hidden tower.
     output : torch.nn.Linear
-        Shared output layer ``(layers[-1] -> 1)``.
+        Shared output layer ``(dim + layers[-1] -> 1)`` (NeuMF) or ``(layers[-1] -> 1)``.
 
     Raises
     ------
@@ -65,6 +71,7 @@ class FedNCF(FedRecModel):
         dim: int = 32,
         layers: Sequence[int] | None = None,
         dropout: float = 0.5,
+        gmf: bool = True,
     ) -> None:
         super().__init__(num_items, dim)
         if layers is None:
@@ -87,17 +94,24 @@ class FedNCF(FedRecModel):
         for w_in, w_out in zip(layers[:-1], layers[1:]):
             tower += [nn.Linear(w_in, w_out), nn.ReLU(), nn.Dropout(dropout)]
         self.mlp = nn.Sequential(*tower)
-        self.output = nn.Linear(layers[-1], 1)
+        self.gmf = bool(gmf)
+        self.output = nn.Linear(layers[-1] + (self.dim if self.gmf else 0), 1)
 
     def default_optimizers(self) -> dict[str, GroupOptim]:
-        """PROBE"""
-        return {"items": GroupOptim("sgd", 0.1 * self.num_items * 80), "shared": GroupOptim("sgd", 0.1),
-                "private": GroupOptim("sgd", 0.1)} if True else {"items": GroupOptim("sgd", 0.1 * self.num_items * 80),
-                "private": GroupOptim("sgd", 0.1)}
+        """No official FedNCF code is available; fedmm uses the PFedRec family's federated
+        update: SGD on the item table at :func:`~fedmm.models.optim.item_table_lr`, SGD on the
+        shared tower and output layer at ``0.1`` (the family's network rate) and on the user
+        vector at ``8`` (``lr * lr_eta``, GPFedRec's user-embedding rate at full participation).
+        Chosen on validation by ``bench/lr_search.py`` (docs/results.md, section 1)."""
+        return {"items": GroupOptim("sgd", item_table_lr(self.num_items)), "shared": GroupOptim("sgd", 0.1),
+                "private": GroupOptim("sgd", 8.0)}
 
     def score_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Logits ``output(mlp([u; v]))``: float ``(batch, dim)`` -> float ``(batch,)``."""
+        """Logits ``output([u * v; mlp([u; v])])`` (NeuMF) or ``output(mlp([u; v]))``:
+        float ``(batch, dim)`` -> float ``(batch,)``."""
         self._check_vectors(vectors)
         user = self.user_emb.expand(vectors.shape[0], -1)
         hidden = self.mlp(torch.cat([user, vectors], dim=1))
+        if self.gmf:
+            hidden = torch.cat([user * vectors, hidden], dim=1)
         return self.output(hidden).squeeze(-1)

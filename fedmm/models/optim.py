@@ -96,6 +96,17 @@ def resolve_optimizers(defaults: Mapping[str, GroupOptim],
     return out
 
 
+def item_table_lr(num_items: int, lr: float = 0.1, eta: float = 80.0) -> float:
+    """The item-table learning rate of the PFedRec family of official engines
+    (Zhangcx19/IJCAI-23-PFedRec and GPFedRec ``engine.py``): ``lr * num_items * eta``.
+
+    The loss is a batch mean, so one item row gets about ``1 / batch`` of a batch's gradient,
+    and the server's average over the round's clients divides each row's change again; the
+    ``num_items * eta`` factor restores a per-item step of useful size. Defaults are the
+    official ``lr = 0.1`` and ``lr_eta = 80``."""
+    return float(lr * num_items * eta)
+
+
 class GroupedOptimizer:
     """The per-group optimisers of one model for one round, stepped in the model's update steps.
 
