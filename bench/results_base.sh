@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/results-base}
-for b in pfedrec fedmf fedrap fedpergnn; do
+# Each backbone with its default optimisers; run.py adds the MostPop and centralised rows.
+for b in pfedrec fedmf fedncf fedrap fedpergnn; do
   .venv/bin/python run.py --out "$OUT" --seeds 0 1 2 --run-config "backbone='$b' eval-every=20 run-name='$b'"
 done
-.venv/bin/python run.py --out "$OUT" --seeds 0 1 2 --config conf/fedncf.toml --run-config "eval-every=20 run-name='fedncf'"

@@ -7,6 +7,8 @@
 Each positional argument is a directory (one row per ``*-summary.json`` in it) or one summary
 file. ``--row NAME=PATH,PATH`` pools the seeds of several summaries, run directories (their
 ``final.json``) or final-shaped files into one row. One seed is shown without a spread.
+Each row whose finals carry ``reference`` rows (written by run.py) is followed by its
+``mostpop`` (floor) and ``centralised`` (ceiling) rows, same seeds.
 """
 from __future__ import annotations
 
@@ -28,9 +30,29 @@ def row(name: str, finals: list[dict], metrics: list[str], scale: float) -> str:
             cells.append(f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}")
         else:  # one seed: no spread to show
             cells.append(f"{vals[0]:.2f}")
-    rounds = sorted({f["best_round"] for f in finals})
+    rounds = sorted({f["best_round"] for f in finals}, key=str)
     return (f"| {name} | " + " | ".join(cells)
             + f" | {len(finals)} | {','.join(map(str, rounds))} |")
+
+
+def reference_finals(finals: list[dict], which: str) -> list[dict] | None:
+    """The ``which`` reference row (``mostpop`` / ``centralised``) of every final, shaped as
+    finals (best round: the centralised best epoch, else '-'); None unless all have it."""
+    refs = [f.get("reference", {}).get(which) for f in finals]
+    if not all(refs):
+        return None
+    return [{"seed": f.get("seed"), "best_round": r.get("best_epoch", "-"), "test": r["test"]}
+            for f, r in zip(finals, refs)]
+
+
+def rows(name: str, finals: list[dict], metrics: list[str], scale: float) -> list[str]:
+    """The row of ``finals`` followed by its floor and ceiling rows where present."""
+    out = [row(name, finals, metrics, scale)]
+    for which in ("mostpop", "centralised"):
+        ref = reference_finals(finals, which)
+        if ref is not None:
+            out.append(row(f"{name}: {which}", ref, metrics, scale))
+    return out
 
 
 def load(path: Path) -> list[dict]:
@@ -79,10 +101,10 @@ def _lines(args: argparse.Namespace) -> list[str]:
         if not name or not files:
             raise ValueError(f"--row {spec!r}: expected NAME=PATH[,PATH...]")
         finals = [f for p in files.split(",") for f in load(Path(p))]
-        out.append(row(name, finals, args.metrics, args.scale))
+        out += rows(name, finals, args.metrics, args.scale)
     for d in map(Path, args.dirs):
         for path in (sorted(d.glob("*-summary.json")) if d.is_dir() else [d]):
-            out.append(row(path.name.removesuffix("-summary.json"), load(path), args.metrics, args.scale))
+            out += rows(path.name.removesuffix("-summary.json"), load(path), args.metrics, args.scale)
     return out
 
 

@@ -56,3 +56,19 @@ def test_cli_names_the_bad_path_and_prints_no_table(tmp_path, monkeypatch, capsy
     monkeypatch.setattr("sys.argv", ["tables.py", "--metrics", "full_hr@50", "--row", f"a={good}"])
     with pytest.raises(SystemExit, match="no test metric 'full_hr@50' for seed.*sampled_hr@10"):
         tables.main()
+
+
+def test_reference_rows_follow_their_run(tmp_path):
+    from script_util import load_script
+
+    tables = load_script("bench/tables.py", "tables_ref")
+    finals = [{"seed": s, "best_round": 20, "test": {"sampled_hr@10": 0.5 + s / 100},
+               "reference": {"mostpop": {"test": {"sampled_hr@10": 0.3}},
+                             "centralised": {"best_epoch": 30, "test": {"sampled_hr@10": 0.7}}}}
+              for s in (0, 1)]
+    lines = tables.rows("pfedrec", finals, ["sampled_hr@10"], 100.0)
+    assert lines[0].startswith("| pfedrec | 50.50 ± 0.71 | 2 | 20 |")
+    assert lines[1] == "| pfedrec: mostpop | 30.00 ± 0.00 | 2 | - |"
+    assert lines[2] == "| pfedrec: centralised | 70.00 ± 0.00 | 2 | 30 |"
+    del finals[1]["reference"]
+    assert len(tables.rows("x", finals, ["sampled_hr@10"], 100.0)) == 1

@@ -48,10 +48,10 @@ class FedMF(FedRecModel):
         per-rating SGD and has no implicit-feedback setting, so fedmm uses the PFedRec family's
         federated update (the FedSLLM and GFMFR papers evaluate FedMF in that family of code):
         SGD on the item table at :func:`~fedmm.models.optim.item_table_lr` and SGD on the user
-        vector at ``0.1 * 80 = 8`` (``lr * lr_eta``, the user-embedding rate of the same
-        authors' GPFedRec engine at full participation). Chosen on validation by
-        ``bench/lr_search.py`` (docs/results.md, section 1)."""
-        return {"items": GroupOptim("sgd", item_table_lr(self.num_items)), "private": GroupOptim("sgd", 8.0)}
+        vector at the family's base rate ``0.1`` (``8``, GPFedRec's user-embedding rate, made
+        the scores NaN on the tests' grouped data). Measured in short probes (docs/results.md,
+        section 1)."""
+        return {"items": GroupOptim("sgd", item_table_lr(self.num_items)), "private": GroupOptim("sgd", 0.1)}
 
     def score_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Logits ``<u, v>``: float ``(batch, dim)`` -> float ``(batch,)``."""
