@@ -46,6 +46,7 @@ def run_replica(cfg, eval_every: int, metric: str = "sampled_hr@10", log=print) 
     import random
 
     from fedmm.factory import build_client, data_for, model_for, set_threads
+    from fedmm.outputs import split_metrics
     from strategies.aggregation import better, itemwise_average, mean_metrics, weighted_average
 
     if cfg.method != "base":
@@ -99,8 +100,7 @@ def run_replica(cfg, eval_every: int, metric: str = "sampled_hr@10", log=print) 
     assert best is not None
     rnd, agg = best
     return {"best_round": rnd,
-            "valid": {k[6:]: v for k, v in agg.items() if k.startswith("valid_")},
-            "test": {k[5:]: v for k, v in agg.items() if k.startswith("test_")},
+            "valid": split_metrics(agg, "valid"), "test": split_metrics(agg, "test"),
             "history": history, "seconds": time.time() - t0}
 
 

@@ -26,6 +26,7 @@ from fedmm.data.sampling import eval_negatives, sample_negatives
 from fedmm.data.split import FederatedData
 from fedmm.metrics import leave_one_out_metrics
 from fedmm.models.base import FedRecModel
+from fedmm.outputs import split_metrics
 
 
 def popularity(data: FederatedData) -> np.ndarray:
@@ -157,8 +158,7 @@ def centralised(data: FederatedData, build: Callable[[int], FedRecModel], settin
     assert best is not None
     epoch, metrics = best
     return {"best_epoch": epoch,
-            "test": {k[5:]: v for k, v in metrics.items() if k.startswith("test_")},
-            "valid": {k[6:]: v for k, v in metrics.items() if k.startswith("valid_")},
+            "test": split_metrics(metrics, "test"), "valid": split_metrics(metrics, "valid"),
             "seconds": time.time() - t0}
 
 
@@ -192,8 +192,7 @@ def reference_rows(cfg, data: FederatedData, log: Callable[[str], None] | None =
 
     protocols, topk = cfg.protocols(), cfg.topk
     mp = mostpop(data, cfg.seed, topk, protocols, cfg.num_eval_negatives)
-    out: dict = {"mostpop": {"test": {k[5:]: v for k, v in mp.items() if k.startswith("test_")},
-                             "valid": {k[6:]: v for k, v in mp.items() if k.startswith("valid_")}}}
+    out: dict = {"mostpop": {"test": split_metrics(mp, "test"), "valid": split_metrics(mp, "valid")}}
     if cfg.centralised_epochs <= 0:
         return out
     stamp = {"v": 1, "dataset": cfg.dataset, "thr": cfg.rating_threshold, "min": cfg.min_interactions,
