@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parent
@@ -43,7 +44,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_config(args: argparse.Namespace) -> dict:
+def resolve_config(args: argparse.Namespace):
+    """The merged run config: ``(raw, typed)``: the raw hyphenated mapping that ``flwr run``
+    receives, and its validated :class:`~fedmm.config.RunConfig` (read once, here).
+
+    Raises
+    ------
+    fedmm.config.ConfigError
+        An unknown key or a bad value (the message names it); nothing has started yet.
+    """
     from fedmm.config import (RunConfig, load_app_config, load_toml_overrides, merge_overrides,
                               parse_kv_overrides)
 
@@ -57,8 +66,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
     cfg["out-dir"] = str(Path(cfg["out-dir"]).expanduser().resolve())
     if cfg["cache-dir"]:
         cfg["cache-dir"] = str(Path(cfg["cache-dir"]).expanduser().resolve())
-    RunConfig.from_mapping(cfg)  # fail fast, before any process starts
-    return cfg
+    return cfg, RunConfig.from_mapping(cfg)  # fail fast, before any process starts
 
 
 def foreign_superlink(app_dir: Path = APP_DIR, proc: Path = Path("/proc")) -> tuple[int, Path] | None:
@@ -120,9 +128,22 @@ def flwr_env() -> dict[str, str]:
     return env
 
 
-def run_one(cfg: dict, num_users: int, federation_config: str, timeout: float | None) -> dict:
-    """One ``flwr run``; returns the run's final.json (raises RuntimeError if it failed)."""
-    run_dir = Path(cfg["out-dir"]) / cfg["run-name"]
+def mark_failed(run_dir: Path, reason: str) -> None:
+    """Write ``failed.json`` into a run directory the run left without ``final.json`` (a
+    ServerApp error leaves only ``config.json``), so no one mistakes it for a run in progress."""
+    if run_dir.is_dir() and not (run_dir / "final.json").exists():
+        (run_dir / "failed.json").write_text(json.dumps({"status": "failed", "reason": reason}, indent=2))
+
+
+def run_one(cfg: dict, rc, num_users: int, federation_config: str, timeout: float | None) -> dict:
+    """One ``flwr run`` of the raw config ``cfg`` (typed: ``rc``); returns the run's final.json.
+
+    Raises
+    ------
+    RuntimeError
+        The run failed or timed out (its directory then holds ``failed.json``).
+    """
+    run_dir = Path(rc.out_dir) / rc.run_name
     if run_dir.exists():
         raise RuntimeError(f"{run_dir} exists already; results are never overwritten")
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as fh:
@@ -138,29 +159,30 @@ def run_one(cfg: dict, num_users: int, federation_config: str, timeout: float | 
     try:
         proc = subprocess.run(cmd, env=flwr_env(), timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"run {cfg['run-name']} exceeded --timeout {timeout}s") from None
+        mark_failed(run_dir, f"exceeded --timeout {timeout}s")
+        raise RuntimeError(f"run {rc.run_name} exceeded --timeout {timeout}s") from None
     finally:
         os.unlink(conf_path)
     final = run_dir / "final.json"
     if proc.returncode != 0 or not final.is_file():
-        raise RuntimeError(f"run {cfg['run-name']} failed (flwr exit code {proc.returncode}, "
-                           f"{'no' if not final.is_file() else 'a'} {final}); see the log above")
+        reason = (f"flwr exit code {proc.returncode}, {'no' if not final.is_file() else 'a'} "
+                  f"{final}; see the log above")
+        mark_failed(run_dir, reason)
+        raise RuntimeError(f"run {rc.run_name} failed ({reason})")
     return json.loads(final.read_text())
 
 
-def with_reference(cfg: dict, data, final: dict) -> dict:
-    """Compute the MostPop and centralised rows of ``cfg`` (fedmm/reference.py), add them to the
-    run's final.json and print the three rows side by side."""
-    from fedmm.config import RunConfig
+def with_reference(rc, data, final: dict) -> dict:
+    """Compute the MostPop and centralised rows of ``rc`` (a RunConfig; fedmm/reference.py),
+    add them to the run's final.json and print the three rows side by side."""
     from fedmm.factory import set_threads
     from fedmm.outputs import add_reference, format_table
     from fedmm.reference import reference_rows
 
-    rc = RunConfig.from_mapping(cfg)
     set_threads(rc)
     print("fedmm: reference rows (mostpop; centralised, cached after the first run) ...", flush=True)
     ref = reference_rows(rc, data, log=lambda s: print(s, flush=True))
-    final = add_reference(Path(cfg["out-dir"]) / cfg["run-name"], ref)
+    final = add_reference(Path(rc.out_dir) / rc.run_name, ref)
     print(format_table(final), flush=True)
     return final
 
@@ -191,29 +213,30 @@ def main(argv: list[str] | None = None) -> int:
     from fedmm.data.split import load_federated
 
     try:
-        cfg = resolve_config(args)
-        data = load_federated(cfg["dataset"], float(cfg["rating-threshold"]),
-                              int(cfg["min-interactions"]), cfg["cache-dir"])
+        cfg, rc = resolve_config(args)
+        data = load_federated(rc.dataset, rc.rating_threshold, rc.min_interactions, rc.cache_dir)
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    seeds = args.seeds if args.seeds else [int(cfg["seed"])]
+    seeds = args.seeds if args.seeds else [rc.seed]
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base_name = cfg.get("run-name") or (f"{stamp}-{re.sub(r'[^A-Za-z0-9_-]', '_', data.name)}-"
-                                         f"{cfg['backbone']}-{cfg['method']}")
+    base_name = rc.run_name or (f"{stamp}-{re.sub(r'[^A-Za-z0-9_-]', '_', data.name)}-"
+                                f"{rc.backbone}-{rc.method}")
     finals, failed = [], []
     for seed in seeds:
-        run_cfg = dict(cfg, seed=seed, **{"run-name": f"{base_name}-s{seed}"})
+        name = f"{base_name}-s{seed}"
+        run_rc = replace(rc, run_name=name, local=replace(rc.local, seed=seed))
         try:
-            final = run_one(run_cfg, data.num_users, args.federation_config, args.timeout)
-            finals.append(with_reference(run_cfg, data, final))
+            final = run_one(dict(cfg, seed=seed, **{"run-name": name}), run_rc, data.num_users,
+                            args.federation_config, args.timeout)
+            finals.append(with_reference(run_rc, data, final))
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed.append(seed)
     if len(finals) > 1:
         print(mean_std_table(finals))
     if finals and (len(finals) > 1 or args.seeds):
-        summary = Path(cfg["out-dir"]) / f"{base_name}-summary.json"
+        summary = Path(rc.out_dir) / f"{base_name}-summary.json"
         if summary.exists():  # never overwrite an earlier result
             summary = summary.with_name(f"{base_name}-summary-{stamp}.json")
         summary.write_text(json.dumps({"seeds": [f["seed"] for f in finals], "finals": finals}, indent=2))

@@ -44,7 +44,7 @@ def one_point(backbone: str, rounds: int, eval_every: int, seed: int, base: str,
 
     overrides = f"backbone='{backbone}' num-server-rounds={rounds} seed={seed} {base} {point}"
     ns = argparse.Namespace(config=[], run_config=overrides, out=None)
-    cfg = RunConfig.from_mapping(runner.resolve_config(ns))
+    cfg = runner.resolve_config(ns)[1]
     res = run_replica(cfg, eval_every, log=lambda s: None)
     sel = cfg.select_metric[len("valid_"):]
     return {"backbone": backbone, "point": point or "(defaults)", "base": base, "rounds": rounds,

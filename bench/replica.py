@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     from fedmm.config import RunConfig
 
     ns = argparse.Namespace(config=args.config, run_config=args.run_config, out=None)
-    cfg = RunConfig.from_mapping(runner.resolve_config(ns))
+    cfg = runner.resolve_config(ns)[1]
     out = run_replica(cfg, args.eval_every or cfg.eval_every, args.metric)
     out.pop("history")
     print(json.dumps(out))

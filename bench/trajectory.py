@@ -2,7 +2,7 @@
 """Per-round trajectories of runs, read from their ``rounds.jsonl``.
 
     python bench/trajectory.py outputs/results-gfmfr/main/gfmfr-pfedrec-s0
-    python bench/trajectory.py --fields test_sampled_hr@10 gfmfr-lambda --every 20 RUN [RUN ...]
+    python bench/trajectory.py --fields test_sampled_hr@10 gfmfr-lambda-t --every 20 RUN [RUN ...]
     python bench/trajectory.py --median gfmfr-fusion-r2 --from 51 --to 100 RUN
 
 Default mode prints one Markdown table per run: a row for every round that has any of
@@ -18,7 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
-DEFAULT_FIELDS = ["test_sampled_hr@10", "valid_sampled_ndcg@10", "gfmfr-lambda",
+DEFAULT_FIELDS = ["test_sampled_hr@10", "valid_sampled_ndcg@10", "gfmfr-lambda-t",
                   "gfmfr-fusion-r2", "gfmfr-signal-corr", "gfmfr-rec-loss"]
 
 

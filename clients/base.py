@@ -14,46 +14,19 @@ Hooks for the method clients (GFMFR, FedSLLM):
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from flwr.client import NumPyClient
 
-from fedmm.config import RunConfig
+from fedmm.config import LocalSettings
 from fedmm.data.sampling import eval_negatives, sample_negatives
 from fedmm.data.split import UserData
 from fedmm.device import resolve_device
 from fedmm.metrics import leave_one_out_metrics
 from fedmm.models.base import FedRecModel
 from fedmm.models.optim import GroupedOptimizer, resolve_optimizers
-
-
-@dataclass(frozen=True)
-class LocalSettings:
-    """What local training/evaluation needs from the run config."""
-
-    local_epochs: int
-    #: group -> (optimizer name or "", learning rate or 0): run-config overrides of the
-    #: backbone's default optimisers ("" / 0 keep the default).
-    optimizers: tuple[tuple[str, str, float], ...]
-    weight_decay: float
-    batch_size: int
-    num_negatives: int
-    device: str
-    seed: int
-    ldp_delta: float
-    topk: tuple[int, ...]
-    protocols: tuple[str, ...]
-    num_eval_negatives: int
-
-    @classmethod
-    def from_config(cls, cfg: RunConfig) -> "LocalSettings":
-        return cls(cfg.local_epochs, cfg.optimizer_overrides(), cfg.weight_decay, cfg.batch_size, cfg.num_negatives,
-                   cfg.device, cfg.seed, cfg.ldp_delta, cfg.topk, cfg.protocols(), cfg.num_eval_negatives)
+from fedmm.protocol import ITEM_COUNTS, TRAIN_LOSS
 
 
 class FedRecClient(NumPyClient):
@@ -77,13 +50,6 @@ class FedRecClient(NumPyClient):
         self.data = data
         self._shared_keys = model.shared_keys()
         self._private_keys = model.private_keys()
-
-    @classmethod
-    def build(cls, model: FedRecModel, data: UserData, settings: LocalSettings,
-              run_config: Mapping[str, Any]) -> "FedRecClient":
-        """Construct from the raw run config; method clients override this to read their own
-        typed section of it (once, here)."""
-        return cls(model, data, settings)
 
     # ----- parameters -----------------------------------------------------------------------
     @property
@@ -133,7 +99,7 @@ class FedRecClient(NumPyClient):
         """Arrays sent back besides the shared parameters: ``item-counts`` (how many training
         samples touched each item) when the server asked for item-wise aggregation."""
         counts = getattr(self, "_item_counts", None)
-        return {} if counts is None else {"item-counts": counts}
+        return {} if counts is None else {ITEM_COUNTS: counts}
 
     # ----- training -------------------------------------------------------------------------
     def optimizer(self) -> GroupedOptimizer:
@@ -188,7 +154,7 @@ class FedRecClient(NumPyClient):
 
             params = laplace_noise(params, s.ldp_delta, rng)
         num_examples = int(n_pos * (1 + s.num_negatives))
-        return params, num_examples, {"train-loss": total / max(batches, 1), "num-positives": int(n_pos)}
+        return params, num_examples, {TRAIN_LOSS: total / max(batches, 1), "num-positives": int(n_pos)}
 
     # ----- evaluation -----------------------------------------------------------------------
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:

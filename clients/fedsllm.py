@@ -37,13 +37,9 @@ from clients.base import FedRecClient, LocalSettings
 from clients.selection import PROTOTYPE_METHODS, Selection, select_samples
 from fedmm.data.split import UserData
 from fedmm.models.base import FedRecModel
+from fedmm.protocol import (EPS_CFG, FEDSLLM_PAYLOAD, FRACTION_CFG, PROTOTYPE_COUNTS,
+                            PROTOTYPES, SAMPLER_CFG, SIMILARITY)
 
-#: Message-contract names (also used by :mod:`strategies.fedsllm`): the train message's
-#: ArrayRecord, its two arrays, and the key of the counts in the reply's ``"extras"`` record.
-PAYLOAD_RECORD = "fedsllm"
-PROTOTYPES_KEY, SIMILARITY_KEY, COUNTS_KEY = "prototypes", "similarity", "prototype-counts"
-#: Train-config keys set by the FedSLLM strategy.
-SAMPLER_CFG, FRACTION_CFG, EPS_CFG = "fedsllm-sampler", "fedsllm-fraction", "fedsllm-eps"
 #: Key, in the client's private state, of the uint8 ``(n,)`` mask of positives selected in any
 #: earlier round (coverage bookkeeping; never uploaded).
 SELECTED_EVER_KEY = "fedsllm.selected-ever"
@@ -114,21 +110,21 @@ class FedSLLMClient(FedRecClient):
         ValueError
             The record lacks a key or its shapes disagree with the model and the catalogue.
         """
-        record = payload.get(PAYLOAD_RECORD)
+        record = payload.get(FEDSLLM_PAYLOAD)
         if record is None:
             self.prototypes = self.similarity = None
             return
-        missing = [k for k in (PROTOTYPES_KEY, SIMILARITY_KEY) if k not in record]
+        missing = [k for k in (PROTOTYPES, SIMILARITY) if k not in record]
         if missing:
-            raise ValueError(f"ArrayRecord '{PAYLOAD_RECORD}' lacks {missing}; the FedSLLM "
-                             f"server sends '{PROTOTYPES_KEY}' (P, d) and '{SIMILARITY_KEY}' (N, P)")
-        protos = np.asarray(record[PROTOTYPES_KEY], dtype=np.float32)
-        sim = np.asarray(record[SIMILARITY_KEY], dtype=np.float32)
+            raise ValueError(f"ArrayRecord '{FEDSLLM_PAYLOAD}' lacks {missing}; the FedSLLM "
+                             f"server sends '{PROTOTYPES}' (P, d) and '{SIMILARITY}' (N, P)")
+        protos = np.asarray(record[PROTOTYPES], dtype=np.float32)
+        sim = np.asarray(record[SIMILARITY], dtype=np.float32)
         if protos.ndim != 2 or protos.shape[0] == 0 or protos.shape[1] != self.model.dim:
-            raise ValueError(f"'{PAYLOAD_RECORD}/{PROTOTYPES_KEY}' has shape {protos.shape}, "
+            raise ValueError(f"'{FEDSLLM_PAYLOAD}/{PROTOTYPES}' has shape {protos.shape}, "
                              f"expected (P, {self.model.dim}) with P >= 1")
         if sim.shape != (self.data.num_items, protos.shape[0]):
-            raise ValueError(f"'{PAYLOAD_RECORD}/{SIMILARITY_KEY}' has shape {sim.shape}, expected "
+            raise ValueError(f"'{FEDSLLM_PAYLOAD}/{SIMILARITY}' has shape {sim.shape}, expected "
                              f"(num_items, P) = ({self.data.num_items}, {protos.shape[0]})")
         self.prototypes, self.similarity = protos, sim
 
@@ -166,7 +162,7 @@ class FedSLLMClient(FedRecClient):
                 config: dict) -> Selection:
         needs_protos = sampler in PROTOTYPE_METHODS
         if needs_protos and self.prototypes is None:
-            raise ValueError(f"sampler '{sampler}' needs the ArrayRecord '{PAYLOAD_RECORD}' "
+            raise ValueError(f"sampler '{sampler}' needs the ArrayRecord '{FEDSLLM_PAYLOAD}' "
                              f"(prototypes and similarities) in the train message; none came")
         was_training = self.model.training
         self.model.eval()  # deterministic scores (FedNCF has dropout)
@@ -190,7 +186,7 @@ class FedSLLMClient(FedRecClient):
         """Base extras plus ``prototype-counts`` int64 ``(P,)`` for the prototype samplers."""
         extras = super().upload_extras()
         if self.selection is not None and self.selection.counts is not None:
-            extras[COUNTS_KEY] = self.selection.counts.astype(np.int64)
+            extras[PROTOTYPE_COUNTS] = self.selection.counts.astype(np.int64)
         return extras
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:

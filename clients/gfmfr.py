@@ -40,20 +40,9 @@ import torch.nn.functional as F
 
 from clients.base import FedRecClient
 from fedmm.models.base import FedRecModel
+from fedmm.protocol import (DIS_LOSS, FEATURES, GFMFR_PAYLOAD, PREFERENCE, REC_LOSS,
+                            ROUND_LAMBDA, SCORER_PREFIX)
 
-#: Name of the ArrayRecord carrying the group signal in a train message.
-PAYLOAD = "gfmfr"
-#: Server mode: the group preference ``E_M_l``, float32 ``(N, 2)`` = ``[1 - p, p]`` per item.
-PREFERENCE = "preference"
-#: Client mode: the group's fused item features ``Q_l``, float16 ``(N, d)``.
-FEATURES = "features"
-#: Prefix of prediction-function arrays (uploaded ``P_u`` in ``"extras"``; group-averaged
-#: shared scorer parts in the client-mode payload).
-SCORER_PREFIX = "scorer/"
-#: ConfigRecord key of the distillation weight ``lambda`` of this round.
-LAMBDA_KEY = "gfmfr-lambda"
-#: Train-reply metrics.
-REC_LOSS, DIS_LOSS = "rec-loss", "dis-loss"
 #: State-dict prefixes of private user representations: never uploaded by GFMFR.
 USER_PREFIXES = ("user_emb",)
 
@@ -168,35 +157,35 @@ class GFMFRClient(FedRecClient):
             Array records of the message by name (``"gfmfr"`` with ``"preference"`` float32
             ``(N, 2)``, or ``"features"`` ``(N, d)`` plus ``"scorer/<key>"`` arrays).
         config : dict
-            The message's config (``gfmfr-lambda`` is read per batch in :meth:`extra_loss`).
+            The message's config (``gfmfr-lambda-t`` is read per batch in :meth:`extra_loss`).
         """
         self._target, self._features = None, None
-        record = payload.get(PAYLOAD)
+        record = payload.get(GFMFR_PAYLOAD)
         if record is None:
             return
         n, d = self.data.num_items, self.model.dim
         if PREFERENCE in record:
             pref = np.asarray(record[PREFERENCE], dtype=np.float32)
             if pref.shape != (n, 2):
-                raise ValueError(f"'{PAYLOAD}/{PREFERENCE}' has shape {pref.shape}, expected "
+                raise ValueError(f"'{GFMFR_PAYLOAD}/{PREFERENCE}' has shape {pref.shape}, expected "
                                  f"({n}, 2); server and client disagree on the dataset")
             self._target = torch.as_tensor(pref, device=self.device)
         elif FEATURES in record:
             if not self.plan.user:
-                raise ValueError(f"'{PAYLOAD}/{FEATURES}' was sent to a {type(self.model).__name__} "
+                raise ValueError(f"'{GFMFR_PAYLOAD}/{FEATURES}' was sent to a {type(self.model).__name__} "
                                  f"client, whose scorer has no user embedding: expected "
-                                 f"'{PAYLOAD}/{PREFERENCE}'")
+                                 f"'{GFMFR_PAYLOAD}/{PREFERENCE}'")
             if tuple(record[FEATURES].shape) != (n, d):
-                raise ValueError(f"'{PAYLOAD}/{FEATURES}' has shape {record[FEATURES].shape}, "
+                raise ValueError(f"'{GFMFR_PAYLOAD}/{FEATURES}' has shape {record[FEATURES].shape}, "
                                  f"expected ({n}, {d}); check dataset and embedding-dim")
             expected = {SCORER_PREFIX + k for k in self.plan.shared}
             got = {k for k in record if k.startswith(SCORER_PREFIX)}
             if got != expected:
-                raise ValueError(f"'{PAYLOAD}' scorer arrays {sorted(got)} differ from the "
+                raise ValueError(f"'{GFMFR_PAYLOAD}' scorer arrays {sorted(got)} differ from the "
                                  f"backbone's shared scorer parts {sorted(expected)}")
             self._features = dict(record)
         else:
-            raise ValueError(f"ArrayRecord '{PAYLOAD}' holds {sorted(record)}; expected "
+            raise ValueError(f"ArrayRecord '{GFMFR_PAYLOAD}' holds {sorted(record)}; expected "
                              f"'{PREFERENCE}' or '{FEATURES}'")
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
@@ -223,7 +212,7 @@ class GFMFRClient(FedRecClient):
         logits : torch.Tensor
             float ``(batch,)``, with gradient.
         config : dict
-            ``gfmfr-lambda`` (float, default 0).
+            ``gfmfr-lambda-t`` (float, default 0).
         """
         if self._target is None and self._features is not None:
             self._target = self._client_side_preference()
@@ -235,7 +224,7 @@ class GFMFRClient(FedRecClient):
         kl = preference_kl(self._target[items], logits)
         self._dis_sum += float(kl.detach())
         self._dis_batches += 1
-        lam = float(config.get(LAMBDA_KEY, 0.0))
+        lam = float(config.get(ROUND_LAMBDA, 0.0))
         return lam * kl if lam > 0 else None
 
     def upload_extras(self) -> dict[str, np.ndarray]:
@@ -275,7 +264,7 @@ class GFMFRClient(FedRecClient):
             for k in self.plan.shared:
                 arr = self._features[SCORER_PREFIX + k]
                 if tuple(arr.shape) != tuple(state[k].shape):
-                    raise ValueError(f"'{PAYLOAD}/{SCORER_PREFIX}{k}' has shape {arr.shape}, model "
+                    raise ValueError(f"'{GFMFR_PAYLOAD}/{SCORER_PREFIX}{k}' has shape {arr.shape}, model "
                                      f"expects {tuple(state[k].shape)}")
                 state[k].copy_(torch.as_tensor(arr))
             q = torch.as_tensor(np.asarray(self._features[FEATURES], dtype=np.float32),

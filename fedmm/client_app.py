@@ -14,12 +14,10 @@ from flwr.clientapp import ClientApp
 
 from fedmm.config import RunConfig
 from fedmm.factory import build_client
-from strategies.base import dict_to_arrays
+from fedmm.protocol import (ARRAYS, CONFIG, EVAL_LOSS, EXTRAS, METRICS, NUM_EXAMPLES, PRIVATE_STATE,
+                            USER, arrays_to_dict, dict_to_arrays)
 
 app = ClientApp()
-
-#: Key of this user's private parameters in ``context.state`` (they never leave the client).
-PRIVATE_STATE = "fedmm.private"
 
 
 def _user(context: Context) -> int:
@@ -31,18 +29,18 @@ def _user(context: Context) -> int:
 
 def _setup(msg: Message, context: Context):
     cfg = RunConfig.from_mapping(context.run_config)
-    client = build_client(cfg, _user(context), context.run_config)
+    client = build_client(cfg, _user(context))
     if PRIVATE_STATE in context.state.array_records:
-        client.load_private_state({k: v.numpy() for k, v in context.state[PRIVATE_STATE].items()})
-    arrays = msg.content["arrays"]
+        client.load_private_state(arrays_to_dict(context.state[PRIVATE_STATE]))
+    arrays = msg.content[ARRAYS]
     names = list(arrays.keys())
     if names != client.shared_keys:
         raise ValueError(f"server sent arrays {names}, the '{cfg.backbone}' client shares "
                          f"{client.shared_keys}; server and clients must use the same backbone")
     params = [arrays[k].numpy() for k in names]
-    config = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
-    payload = {name: {k: v.numpy() for k, v in rec.items()}
-               for name, rec in msg.content.array_records.items() if name != "arrays"}
+    config = dict(msg.content[CONFIG]) if CONFIG in msg.content.config_records else {}
+    payload = {name: arrays_to_dict(rec)
+               for name, rec in msg.content.array_records.items() if name != ARRAYS}
     client.receive(payload, config)
     return client, names, params, config
 
@@ -52,14 +50,14 @@ def train(msg: Message, context: Context) -> Message:
     client, names, params, config = _setup(msg, context)
     new_params, num_examples, metrics = client.fit(params, config)
     context.state[PRIVATE_STATE] = dict_to_arrays(client.private_state())
+    # No user / partition id in the reply: the strategy knows it from the query round.
     content = RecordDict({
-        "arrays": dict_to_arrays(dict(zip(names, new_params))),
-        "metrics": MetricRecord({**metrics, "num-examples": int(num_examples),
-                                 "user": int(client.data.user)}),
+        ARRAYS: dict_to_arrays(dict(zip(names, new_params))),
+        METRICS: MetricRecord({**metrics, NUM_EXAMPLES: int(num_examples)}),
     })
     extras = client.upload_extras()
     if extras:
-        content["extras"] = dict_to_arrays(extras)
+        content[EXTRAS] = dict_to_arrays(extras)
     return Message(content=content, reply_to=msg)
 
 
@@ -67,12 +65,12 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     client, _, params, config = _setup(msg, context)
     loss, num_examples, metrics = client.evaluate(params, config)
-    return Message(content=RecordDict({"metrics": MetricRecord(
-        {**metrics, "eval-loss": float(loss), "num-examples": int(num_examples)})}), reply_to=msg)
+    return Message(content=RecordDict({METRICS: MetricRecord(
+        {**metrics, EVAL_LOSS: float(loss), NUM_EXAMPLES: int(num_examples)})}), reply_to=msg)
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Which user this node holds (the strategy samples users by it); nothing else is read."""
-    return Message(content=RecordDict({"metrics": MetricRecord({"user": _user(context)})}),
+    return Message(content=RecordDict({METRICS: MetricRecord({USER: _user(context)})}),
                    reply_to=msg)

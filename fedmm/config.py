@@ -7,7 +7,6 @@ with explicit casts and checks, which is what the rest of the code receives.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 from collections.abc import Callable, Mapping
@@ -88,6 +87,8 @@ class ConfigSection:
 
     PREFIX: ClassVar[str] = ""
     PARSERS: ClassVar[Mapping[str, tuple[Callable[[Any], Any], str]]] = {}
+    #: Fields that hold a nested section (field -> section class), read from the same mapping.
+    NESTED: ClassVar[Mapping[str, type]] = {}
 
     @classmethod
     def key(cls, field_name: str) -> str:
@@ -96,8 +97,12 @@ class ConfigSection:
 
     @classmethod
     def keys(cls) -> list[str]:
-        """Every run-config key this section reads."""
-        return [cls.key(f.name) for f in fields(cls)]
+        """Every run-config key this section reads (nested sections' keys included)."""
+        out: list[str] = []
+        for f in fields(cls):
+            nested = cls.NESTED.get(f.name)
+            out.extend(nested.keys() if nested is not None else [cls.key(f.name)])
+        return out
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]):
@@ -111,6 +116,9 @@ class ConfigSection:
         """
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name in cls.NESTED:
+                values[f.name] = cls.NESTED[f.name].from_mapping(cfg)
+                continue
             key = cls.key(f.name)
             if key not in cfg:
                 raise ConfigError(
@@ -142,8 +150,89 @@ class ConfigSection:
 
 
 @dataclass(frozen=True)
+class LocalSettings(ConfigSection):
+    """What one client's local training and evaluation read from the run config (nested in
+    :class:`RunConfig` as ``cfg.local``). Field ``foo_bar`` is the key ``foo-bar``."""
+
+    local_epochs: int
+    items_optimizer: str
+    items_lr: float
+    local_items_optimizer: str
+    local_items_lr: float
+    shared_optimizer: str
+    shared_lr: float
+    private_optimizer: str
+    private_lr: float
+    weight_decay: float
+    batch_size: int
+    num_negatives: int
+    device: str
+    ldp_delta: float
+    eval_protocol: str
+    num_eval_negatives: int
+    topk: tuple[int, ...]
+    seed: int
+
+    PARSERS: ClassVar = {"topk": (int_list, "comma-separated list of integers")}
+
+    @classmethod
+    def make(cls, **overrides: Any) -> "LocalSettings":
+        """Settings with the defaults of a plain run (optimisers: the backbone's; protocol
+        ``both``; top-K 5,10,20,50) changed by ``overrides`` (field names); for tests and
+        for code that drives a client without a run config."""
+        base: dict[str, Any] = dict(
+            local_epochs=1, weight_decay=0.0, batch_size=256, num_negatives=4, device="cpu",
+            ldp_delta=0.0, eval_protocol="both", num_eval_negatives=99, topk=(5, 10, 20, 50), seed=0,
+            **{f"{g}_optimizer": "" for g in OPTIM_GROUPS}, **{f"{g}_lr": 0.0 for g in OPTIM_GROUPS})
+        base.update(overrides)
+        out = cls(**base)
+        out.check()
+        return out
+
+    def check(self) -> None:
+        bad = self.bad
+        for key, choices in (("eval-protocol", PROTOCOL_CHOICES), ("device", DEVICE_CHOICES)):
+            if getattr(self, key.replace("-", "_")) not in choices:
+                raise bad(key, f"choose one of {list(choices)}")
+        for key in ("local-epochs", "batch-size", "num-eval-negatives"):
+            if getattr(self, key.replace("-", "_")) <= 0:
+                raise bad(key, "must be > 0")
+        for group in OPTIM_GROUPS:
+            if getattr(self, f"{group}_optimizer") not in OPTIMIZER_CHOICES:
+                raise bad(f"{group}_optimizer", f"choose one of {list(OPTIMIZER_CHOICES)} "
+                                                "(\"\" = the backbone's default)")
+            if getattr(self, f"{group}_lr") < 0:
+                raise bad(f"{group}_lr", "must be > 0, or 0 for the backbone's default")
+        if self.num_negatives < 1:
+            raise bad("num-negatives", "must be >= 1")
+        if self.weight_decay < 0 or self.ldp_delta < 0:
+            raise bad("weight-decay" if self.weight_decay < 0 else "ldp-delta", "must be >= 0")
+        if not self.topk or min(self.topk) < 1:
+            raise bad("topk", "give comma-separated positive integers, e.g. \"5,10,20,50\"")
+
+    @property
+    def optimizers(self) -> tuple[tuple[str, str, float], ...]:
+        """``(group, optimizer or "", lr or 0)`` per parameter group: what overrides the
+        backbone's default local optimisers (:mod:`fedmm.models.optim`)."""
+        return tuple((g, getattr(self, f"{g}_optimizer"), getattr(self, f"{g}_lr"))
+                     for g in OPTIM_GROUPS)
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        """Evaluation protocols that run: ``("full", "sampled")`` or one of them."""
+        return ("full", "sampled") if self.eval_protocol == "both" else (self.eval_protocol,)
+
+    def metric_names(self, split: str) -> list[str]:
+        """Names of the metrics reported for ``split`` (``"valid"`` or ``"test"``), e.g.
+        ``"test_full_hr@10"``, ``"valid_sampled_ndcg@50"``."""
+        return [f"{split}_{p}_{m}@{k}" for p in self.protocols for m in ("hr", "ndcg") for k in self.topk]
+
+
+@dataclass(frozen=True)
 class RunConfig(ConfigSection):
-    """All run-config keys, typed. Field ``foo_bar`` is the TOML key ``foo-bar``.
+    """All run-config keys, typed. Field ``foo_bar`` is the TOML key ``foo-bar``; the keys of
+    local training and evaluation are in the nested :class:`LocalSettings` ``local``
+    (``cfg.local.batch_size``), with ``seed`` and ``device`` also readable here.
 
     See ``pyproject.toml`` ``[tool.flwr.app.config]`` for defaults and one-line docs.
     """
@@ -162,94 +251,71 @@ class RunConfig(ConfigSection):
     num_server_rounds: int
     fraction_train: float
     aggregation: str
-    # local training
-    local_epochs: int
-    items_optimizer: str
-    items_lr: float
-    local_items_optimizer: str
-    local_items_lr: float
-    shared_optimizer: str
-    shared_lr: float
-    private_optimizer: str
-    private_lr: float
-    weight_decay: float
-    batch_size: int
-    num_negatives: int
-    device: str
-    ldp_delta: float
-    # evaluation
+    # local training and evaluation (seed, device, optimisers, negatives, top-K, ...)
+    local: LocalSettings
+    # evaluation schedule and selection
     eval_every: int
-    eval_protocol: str
-    num_eval_negatives: int
-    topk: tuple[int, ...]
     select_metric: str
     centralised_epochs: int
     centralised_lr: float
     # run
-    seed: int
     out_dir: str
+    run_name: str
     threads: int
 
-    PARSERS: ClassVar = {"topk": (int_list, "comma-separated list of integers")}
+    NESTED: ClassVar = {"local": LocalSettings}
+
+    @property
+    def seed(self) -> int:
+        """The run's seed (``seed``; it lives in :attr:`local`)."""
+        return self.local.seed
+
+    @property
+    def device(self) -> str:
+        """``device`` (it lives in :attr:`local`)."""
+        return self.local.device
 
     # ------------------------------------------------------------------------------------
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the key when a value is out of range."""
         bad = self.bad
         for key, choices in (("backbone", BACKBONE_CHOICES), ("method", METHOD_CHOICES),
-                             ("aggregation", AGGREGATION_CHOICES),
-                             ("eval-protocol", PROTOCOL_CHOICES), ("device", DEVICE_CHOICES)):
+                             ("aggregation", AGGREGATION_CHOICES)):
             if getattr(self, key.replace("-", "_")) not in choices:
                 raise bad(key, f"choose one of {list(choices)}")
-        positive = ("embedding-dim", "num-server-rounds", "local-epochs", "batch-size", "eval-every",
-                    "num-eval-negatives", "threads")
-        for key in positive:
+        for key in ("embedding-dim", "num-server-rounds", "eval-every", "threads"):
             if getattr(self, key.replace("-", "_")) <= 0:
                 raise bad(key, "must be > 0")
         if not 0.0 < self.fraction_train <= 1.0:
             raise bad("fraction-train", "must be in (0, 1]")
-        for group in OPTIM_GROUPS:
-            if getattr(self, f"{group}_optimizer") not in OPTIMIZER_CHOICES:
-                raise bad(f"{group}_optimizer", f"choose one of {list(OPTIMIZER_CHOICES)} "
-                                                "(\"\" = the backbone's default)")
-            if getattr(self, f"{group}_lr") < 0:
-                raise bad(f"{group}_lr", "must be > 0, or 0 for the backbone's default")
         if self.centralised_epochs < 0:
             raise bad("centralised-epochs", "must be >= 0 (0 skips the centralised row)")
         if self.centralised_lr <= 0:
             raise bad("centralised-lr", "must be > 0")
-        if self.num_negatives < 1:
-            raise bad("num-negatives", "must be >= 1")
-        if self.weight_decay < 0 or self.ldp_delta < 0:
-            raise bad("weight-decay" if self.weight_decay < 0 else "ldp-delta", "must be >= 0")
         if self.min_interactions < 3:
             raise bad("min-interactions", "must be >= 3 (leave-one-out needs train, valid and test)")
-        if not self.topk or min(self.topk) < 1:
-            raise bad("topk", "give comma-separated positive integers, e.g. \"5,10,20,50\"")
         if self.select_metric not in self.metric_names(split="valid"):
             raise bad("select-metric", f"must be one of the validation metrics this protocol "
                                        f"produces: {self.metric_names(split='valid')}")
+        if any(c in self.run_name for c in "/\\") or self.run_name in (".", ".."):
+            raise bad("run-name", "must be a plain directory name (no path separators)")
 
     # ------------------------------------------------------------------------------------
-    def optimizer_overrides(self) -> tuple[tuple[str, str, float], ...]:
-        """``(group, optimizer or "", lr or 0)`` for the three parameter groups: what overrides
-        the backbone's default local optimisers (:mod:`fedmm.models.optim`)."""
-        return tuple((g, getattr(self, f"{g}_optimizer"), getattr(self, f"{g}_lr"))
-                     for g in OPTIM_GROUPS)
-
-    def protocols(self) -> tuple[str, ...]:
-        """Evaluation protocols that run: ``("full", "sampled")`` or one of them."""
-        return ("full", "sampled") if self.eval_protocol == "both" else (self.eval_protocol,)
-
     def metric_names(self, split: str) -> list[str]:
-        """Names of the metrics reported for ``split`` (``"valid"`` or ``"test"``), e.g.
-        ``"test_full_hr@10"``, ``"valid_sampled_ndcg@50"``."""
-        return [f"{split}_{p}_{m}@{k}" for p in self.protocols() for m in ("hr", "ndcg") for k in self.topk]
+        """Names of the metrics reported for ``split`` (see :meth:`LocalSettings.metric_names`)."""
+        return self.local.metric_names(split)
 
     def to_dict(self) -> dict[str, Any]:
-        """Hyphenated-key dict (what was resolved), JSON-serialisable."""
-        return {self.key(k): (",".join(map(str, v)) if k == "topk" else v)
-                for k, v in dataclasses.asdict(self).items()}
+        """Hyphenated-key dict of every key (nested ones flattened), JSON-serialisable."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in self.NESTED:
+                out.update({value.key(g.name): (",".join(map(str, v)) if g.name == "topk" else v)
+                            for g in fields(value) for v in [getattr(value, g.name)]})
+            else:
+                out[self.key(f.name)] = value
+        return out
 
 
 def load_app_config(pyproject: str | Path) -> dict[str, Any]:

@@ -1,8 +1,6 @@
 """Builds models, clients and strategies from a :class:`~fedmm.config.RunConfig`."""
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import torch
@@ -52,13 +50,10 @@ def set_threads(cfg: RunConfig) -> None:
         torch.set_num_threads(cfg.threads)
 
 
-def build_client(cfg: RunConfig, user: int, run_config: Mapping[str, Any] | None = None):
-    """This user's client for ``cfg.method``; ``run_config`` (the raw mapping) lets method clients
-    read their own typed section."""
-    from clients.base import LocalSettings
-
+def build_client(cfg: RunConfig, user: int):
+    """This user's client for ``cfg.method`` (its model, its data, ``cfg.local``)."""
     set_threads(cfg)
     data = data_for(cfg)
     ud = data.user(user)
     model = model_for(cfg, data.num_items, user, ud.train)
-    return client_class(cfg.method).build(model, ud, LocalSettings.from_config(cfg), run_config or {})
+    return client_class(cfg.method)(model, ud, cfg.local)

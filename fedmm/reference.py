@@ -190,15 +190,15 @@ def reference_rows(cfg, data: FederatedData, log: Callable[[str], None] | None =
     from fedmm.data.split import default_cache_dir
     from fedmm.factory import model_for
 
-    protocols, topk = cfg.protocols(), cfg.topk
-    mp = mostpop(data, cfg.seed, topk, protocols, cfg.num_eval_negatives)
+    protocols, topk = cfg.local.protocols, cfg.local.topk
+    mp = mostpop(data, cfg.seed, topk, protocols, cfg.local.num_eval_negatives)
     out: dict = {"mostpop": {"test": split_metrics(mp, "test"), "valid": split_metrics(mp, "valid")}}
     if cfg.centralised_epochs <= 0:
         return out
     stamp = {"v": 1, "dataset": cfg.dataset, "thr": cfg.rating_threshold, "min": cfg.min_interactions,
              "users": data.num_users, "items": data.num_items, "train": data.num_train,
              "backbone": cfg.backbone, "dim": cfg.embedding_dim, "seed": cfg.seed,
-             "negatives": cfg.num_negatives, "eval-negatives": cfg.num_eval_negatives,
+             "negatives": cfg.local.num_negatives, "eval-negatives": cfg.local.num_eval_negatives,
              "topk": list(topk), "protocols": list(protocols), "select": cfg.select_metric,
              "epochs": cfg.centralised_epochs, "lr": cfg.centralised_lr}
     key = hashlib.sha1(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
@@ -208,9 +208,9 @@ def reference_rows(cfg, data: FederatedData, log: Callable[[str], None] | None =
         out["centralised"] = json.loads(path.read_text())
         return out
     settings = CentralSettings(epochs=cfg.centralised_epochs, lr=cfg.centralised_lr,
-                               num_negatives=cfg.num_negatives)
+                               num_negatives=cfg.local.num_negatives)
     row = centralised(data, lambda u: model_for(cfg, data.num_items, u, data.user(u).train), settings,
-                      cfg.seed, topk, protocols, cfg.select_metric, cfg.num_eval_negatives, log)
+                      cfg.seed, topk, protocols, cfg.select_metric, cfg.local.num_eval_negatives, log)
     row.update({"epochs": cfg.centralised_epochs, "lr": cfg.centralised_lr})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -18,18 +18,9 @@
 * ``aggregate_evaluate`` — per-user metrics averaged over users; keeps the best round by the
   validation metric ``select-metric``.
 
-Message contract (what another Flower project's ClientApp must do):
-
-* query message (once, before round 1): ``"config"`` with ``query = "user"``; query reply:
-  ``"metrics"`` with ``user`` (int, the node's user / partition id). Optional: without it
-  the strategy still runs, sampling by node id;
-* train message: ``"arrays"`` (ArrayRecord of the shared parameters by name), ``"config"``
-  (ConfigRecord with ``server-round`` and ``aggregation``), plus subclass payload records;
-* train reply: ``"arrays"`` (same keys and shapes), ``"metrics"`` (MetricRecord with
-  ``num-examples`` and ``train-loss``), and for ``aggregation="itemwise"`` an ArrayRecord
-  ``"extras"`` holding ``item-counts`` ``(num_items,)``;
-* evaluate message: ``"arrays"``, ``"config"``; evaluate reply: ``"metrics"`` with the
-  per-user metrics named ``{valid|test}_{full|sampled}_{hr|ndcg}@K``.
+The message contract (records, keys, shapes) is documented once, in :mod:`fedmm.protocol`;
+replies are parsed there into :class:`~fedmm.protocol.TrainReply` once per round and handed
+to :meth:`server_update`.
 """
 from __future__ import annotations
 
@@ -40,29 +31,17 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedmm.protocol import (AGGREGATION, ARRAYS, CONFIG, EXTRAS, ITEM_COUNTS,  # noqa: F401
+                            ITEM_TABLE_KEY, METRICS, NUM_EXAMPLES, QUERY, SERVER_ROUND,
+                            TRAIN_LOSS, USER, TrainReply, arrays_to_dict, dict_to_arrays,
+                            record_bytes)
 from strategies.aggregation import (ReplyError, better, check_reply_arrays, itemwise_average,
                                     mean_metrics, weighted_average)
-
-ITEM_TABLE_KEY = "item_emb.weight"
-ARRAYS, CONFIG, METRICS, EXTRAS = "arrays", "config", "metrics", "extras"
-
-
-def record_bytes(content: RecordDict) -> int:
-    """Bytes of all records of a message content, as Flower counts them."""
-    return int(sum(rec.count_bytes() for rec in content.values()))
-
-
-def arrays_to_dict(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in record.items()}
-
-
-def dict_to_arrays(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
 class FedRecStrategy(FedAvg):
@@ -70,45 +49,57 @@ class FedRecStrategy(FedAvg):
 
     Parameters
     ----------
-    num_rounds : int
-        Rounds the run will last (to evaluate at the last one).
     fraction_train : float, default 0.1
         Fraction of nodes sampled per training round (at least one).
     eval_every : int, default 10
         Evaluate all nodes every this many rounds (and at the last round).
     select_metric : str, default "valid_sampled_ndcg@10"
-        Validation metric that picks the best round.
+        Validation metric that picks the best round; every evaluate reply must carry it.
     aggregation : {"fedavg", "mean", "itemwise"}, default "fedavg"
         ``fedavg``: shared arrays averaged weighted by ``num-examples``; ``mean``: unweighted
         (each client once); ``itemwise``: as ``fedavg``, but each item row averaged over the
-        clients that trained it.
+        clients that trained it (replies carry ``extras/item-counts``).
     seed : int, default 0
         Seeds client sampling.
     on_round : callable, optional
         Called with each round's record (a JSON-serialisable dict) as soon as it is complete.
     min_available_nodes : int, default 1
         Wait for this many nodes before sampling.
+    item_table_key : str, default "item_emb.weight"
+        Name of the shared item table among the arrays (item-wise aggregation and the method
+        strategies read it).
+    node_timeout : float, default 300
+        Seconds to wait for ``min_available_nodes`` before failing with a clear error.
+    num_rounds : int, optional
+        Only for driving the hooks by hand (tests); :meth:`start`'s ``num_rounds`` is the one
+        that counts and replaces it.
     """
 
-    def __init__(self, *, num_rounds: int, fraction_train: float = 0.1, eval_every: int = 10,
+    def __init__(self, *, fraction_train: float = 0.1, eval_every: int = 10,
                  select_metric: str = "valid_sampled_ndcg@10", aggregation: str = "fedavg",
                  seed: int = 0, on_round: Callable[[dict[str, Any]], None] | None = None,
-                 min_available_nodes: int = 1) -> None:
+                 min_available_nodes: int = 1, item_table_key: str = ITEM_TABLE_KEY,
+                 node_timeout: float = 300.0, num_rounds: int | None = None) -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=1.0, min_train_nodes=1,
                          min_evaluate_nodes=1, min_available_nodes=min_available_nodes)
         if aggregation not in ("fedavg", "mean", "itemwise"):
             raise ValueError(f"aggregation must be 'fedavg', 'mean' or 'itemwise', got {aggregation!r}")
+        if eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {eval_every}")
         self.num_rounds = num_rounds
         self.eval_every = eval_every
         self.select_metric = select_metric
         self.aggregation = aggregation
+        self.item_table_key = item_table_key
+        self.node_timeout = float(node_timeout)
         self.on_round = on_round
         self._rng = random.Random(seed)
-        self._user_of: dict[int, int] = {}       # node id -> user, from discover_users
+        self.user_of: dict[int, int] = {}        # node id -> user (query round): the one map
         self._global: dict[str, np.ndarray] | None = None
         self._down: dict[int, int] = {}          # node id -> bytes of its train message
-        self._round: dict[str, Any] = {}
+        self._round: dict[str, Any] = {}         # this round's record, filled by four hooks
         self._t0 = 0.0
+        self._t_eval = 0.0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
 
@@ -117,9 +108,15 @@ class FedRecStrategy(FedAvg):
         """Extra records per node for the train messages (base: none)."""
         return {}
 
-    def server_update(self, server_round: int, replies: list[Message],
+    def train_config(self, server_round: int) -> dict[str, Any]:
+        """Extra train-config entries of this round (base: none)."""
+        return {}
+
+    def server_update(self, server_round: int, replies: list[TrainReply],
                       arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Server-side work after aggregation; returns the (possibly changed) global arrays."""
+        """Server-side work after aggregation; returns the (possibly changed) global arrays.
+
+        ``replies`` are the round's successful replies, parsed, in user order."""
         return arrays
 
     def round_info(self) -> dict[str, Any]:
@@ -138,14 +135,31 @@ class FedRecStrategy(FedAvg):
 
     # ----- sampling ---------------------------------------------------------------------------
     def _nodes(self, grid: Grid) -> list[int]:
+        """Connected nodes (sorted), after waiting up to ``node_timeout`` for
+        ``min_available_nodes`` of them.
+
+        Raises
+        ------
+        RuntimeError
+            Fewer nodes than ``min_available_nodes`` after ``node_timeout`` seconds.
+        """
+        t = time.monotonic()
+        last_log = -1.0
         while len(nodes := sorted(grid.get_node_ids())) < self.min_available_nodes:
-            log(INFO, "Waiting for nodes: %d of %d connected", len(nodes), self.min_available_nodes)
-            time.sleep(1)
+            waited = time.monotonic() - t
+            if waited > self.node_timeout:
+                raise RuntimeError(f"only {len(nodes)} of {self.min_available_nodes} nodes connected "
+                                   f"after {self.node_timeout:.0f}s; start the missing SuperNodes "
+                                   f"or lower min_available_nodes")
+            if waited - last_log >= 10:
+                log(INFO, "Waiting for nodes: %d of %d connected", len(nodes), self.min_available_nodes)
+                last_log = waited
+            time.sleep(0.5)
         return nodes
 
     def _key(self, node: int) -> tuple[int, int]:
         """Sort key of a node: by user; nodes of unknown user last, by node id."""
-        return (0, self._user_of[node]) if node in self._user_of else (1, node)
+        return (0, self.user_of[node]) if node in self.user_of else (1, node)
 
     def _order(self, nodes: Iterable[int]) -> list[int]:
         """Nodes in the order sampling uses (see :meth:`_key`)."""
@@ -154,7 +168,7 @@ class FedRecStrategy(FedAvg):
     def discover_users(self, grid: Grid, timeout: float | None = None) -> dict[int, int]:
         """Ask every node for its user with one ``query`` message; returns node id -> user.
 
-        Nodes whose reply fails or carries no ``user`` metric are left out (logged once).
+        Nodes whose reply fails or carries no ``user`` metric are left out (one warning).
 
         Raises
         ------
@@ -163,7 +177,7 @@ class FedRecStrategy(FedAvg):
         """
         t = time.perf_counter()
         nodes = self._nodes(grid)
-        content = RecordDict({CONFIG: ConfigRecord({"query": "user"})})
+        content = RecordDict({CONFIG: ConfigRecord({QUERY: USER})})
         replies = grid.send_and_receive(
             [Message(content=content, dst_node_id=n, message_type=MessageType.QUERY) for n in nodes],
             timeout=timeout)
@@ -172,7 +186,7 @@ class FedRecStrategy(FedAvg):
         for m in replies:
             if m.has_error() or METRICS not in m.content.metric_records:
                 continue
-            user = m.content[METRICS].get("user")
+            user = m.content[METRICS].get(USER)
             if not isinstance(user, (int, float)):
                 continue
             src, user = m.metadata.src_node_id, int(user)
@@ -192,8 +206,10 @@ class FedRecStrategy(FedAvg):
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
               timeout: float = 3600, train_config: ConfigRecord | None = None,
               evaluate_config: ConfigRecord | None = None, evaluate_fn=None):
-        """:meth:`discover_users`, then Flower's round loop (``Strategy.start``)."""
-        self._user_of = self.discover_users(grid, timeout)
+        """:meth:`discover_users`, then Flower's round loop (``Strategy.start``) for
+        ``num_rounds`` rounds (also the last round, which is always evaluated)."""
+        self.num_rounds = int(num_rounds)
+        self.user_of = self.discover_users(grid, timeout)
         return super().start(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds,
                              timeout=timeout, train_config=train_config,
                              evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)
@@ -211,7 +227,8 @@ class FedRecStrategy(FedAvg):
         nodes = self._order(self._nodes(grid))
         k = max(1, int(len(nodes) * self.fraction_train))
         sampled = self._order(self._rng.sample(nodes, k))
-        cfg = ConfigRecord({**dict(config), "server-round": server_round, "aggregation": self.aggregation})
+        cfg = ConfigRecord({**dict(config), **self.train_config(server_round),
+                            SERVER_ROUND: server_round, AGGREGATION: self.aggregation})
         payload = self.train_payload(server_round, sampled)
         messages, self._down = [], {}
         for nid in sampled:
@@ -222,62 +239,62 @@ class FedRecStrategy(FedAvg):
                             "bytes-down-per-client": sum(self._down.values()) / max(len(sampled), 1)})
         return messages
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def parse_replies(self, server_round: int, replies: Iterable[Message]) -> list[TrainReply]:
+        """The successful replies, parsed and checked, in user order (not arrival order, so
+        that server work depending on row order, e.g. GFMFR's K-Means, does not depend on
+        timing). Failed replies are logged and counted in the round record.
+
+        Raises
+        ------
+        RuntimeError
+            Every reply failed.
+        ReplyError
+            A reply breaks the contract of :mod:`fedmm.protocol`.
+        """
         replies = list(replies)
-        # In user order, not arrival order, so that server work that depends on row order
-        # (GFMFR's K-Means over the score functions) does not depend on timing.
         ok = sorted((m for m in replies if not m.has_error()),
                     key=lambda m: self._key(m.metadata.src_node_id))
-        for m in replies:
-            if m.has_error():
-                log(WARNING, "train reply from node %d failed: %s", m.metadata.src_node_id, m.error.reason)
+        failed = [m for m in replies if m.has_error()]
+        for m in failed:
+            log(WARNING, "train reply from node %d failed: %s", m.metadata.src_node_id, m.error.reason)
         if not ok:
             raise RuntimeError(f"round {server_round}: all {len(replies)} train replies failed; "
                                f"see the client errors above")
+        self._round["failures"] = len(failed)
+        if failed:
+            self._round["failed-users"] = [self.user_of.get(m.metadata.src_node_id, -1) for m in failed]
+        parsed = [TrainReply.parse(m, self.user_of.get(m.metadata.src_node_id)) for m in ok]
         assert self._global is not None
-        states = []
-        for m in ok:
-            if ARRAYS not in m.content.array_records or METRICS not in m.content.metric_records:
-                raise ReplyError(f"reply from node {m.metadata.src_node_id}: needs records "
-                                 f"'{ARRAYS}' and '{METRICS}', got {list(m.content.keys())}")
-            states.append(arrays_to_dict(m.content[ARRAYS]))
-        check_reply_arrays(states, self._global, [m.metadata.src_node_id for m in ok])
-        metrics = [dict(m.content[METRICS]) for m in ok]
-        for src, mm in zip((m.metadata.src_node_id for m in ok), metrics):
-            if not isinstance(mm.get("num-examples"), (int, float)):
-                raise ReplyError(f"reply from node {src}: MetricRecord lacks a scalar 'num-examples'")
-        weights = [float(mm["num-examples"]) for mm in metrics]
+        check_reply_arrays([r.arrays for r in parsed], self._global, [r.node for r in parsed])
+        return parsed
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        parsed = self.parse_replies(server_round, replies)
+        assert self._global is not None
+        states = [r.arrays for r in parsed]
+        weights = [r.num_examples for r in parsed]
         # "mean": every client counts once (the official PFedRec server's plain mean).
         new = weighted_average(states, [1.0] * len(states) if self.aggregation == "mean" else weights)
         if self.aggregation == "itemwise":
-            counts = []
-            for m in ok:
-                extras = m.content.array_records.get(EXTRAS)
-                if extras is None or "item-counts" not in extras:
-                    raise ReplyError(f"reply from node {m.metadata.src_node_id}: aggregation "
-                                     f"'itemwise' needs ArrayRecord '{EXTRAS}' with 'item-counts'")
-                counts.append(extras["item-counts"].numpy())
-            new[ITEM_TABLE_KEY] = itemwise_average([s[ITEM_TABLE_KEY] for s in states], counts,
-                                                   self._global[ITEM_TABLE_KEY])
+            key = self.item_table_key
+            counts = [r.extra(ITEM_COUNTS, "aggregation 'itemwise'") for r in parsed]
+            new[key] = itemwise_average([s[key] for s in states], counts, self._global[key])
         t = time.perf_counter()
-        new = self.server_update(server_round, ok, new)
+        new = self.server_update(server_round, parsed, new)
         server_s = time.perf_counter() - t
-        agg = mean_metrics(metrics, weights, skip=("num-examples", "user"))
-        up = [record_bytes(m.content) for m in ok]
+        agg = mean_metrics([r.metrics for r in parsed], weights, skip=(NUM_EXAMPLES, USER))
         # Each client's [bytes received, bytes sent] this round, keyed by its user id (node id
-        # when the reply names no user).
-        client_bytes = {str(int(mm.get("user", m.metadata.src_node_id))):
-                        [self._down.get(m.metadata.src_node_id, 0), b]
-                        for m, mm, b in zip(ok, metrics, up)}
-        self._round.update({"train-loss": agg.get("train-loss", float("nan")),
-                            "failures": len(replies) - len(ok),
-                            "bytes-up-per-client": sum(up) / len(ok),
+        # when the user is unknown).
+        client_bytes = {str(r.user if r.user is not None else r.node): [self._down.get(r.node, 0), r.bytes_up]
+                        for r in parsed}
+        self._round.update({TRAIN_LOSS: agg.get(TRAIN_LOSS, float("nan")),
+                            "bytes-up-per-client": sum(r.bytes_up for r in parsed) / len(parsed),
                             "client-bytes": client_bytes,
                             "server-seconds": server_s, "train-seconds": time.perf_counter() - self._t0,
                             **self.round_info()})
-        return dict_to_arrays(new), MetricRecord({"train-loss": self._round["train-loss"],
-                                                  "num-examples": int(sum(weights))})
+        return dict_to_arrays(new), MetricRecord({TRAIN_LOSS: self._round[TRAIN_LOSS],
+                                                  NUM_EXAMPLES: int(sum(weights))})
 
     # ----- evaluate ---------------------------------------------------------------------------
     def is_eval_round(self, server_round: int) -> bool:
@@ -288,7 +305,7 @@ class FedRecStrategy(FedAvg):
         self._t_eval = time.perf_counter()
         if not self.is_eval_round(server_round):
             return []
-        cfg = ConfigRecord({**dict(config), "server-round": server_round})
+        cfg = ConfigRecord({**dict(config), SERVER_ROUND: server_round})
         content = RecordDict({ARRAYS: arrays, CONFIG: cfg})
         return [Message(content=content, dst_node_id=nid, message_type=MessageType.EVALUATE)
                 for nid in self._nodes(grid)]
@@ -304,7 +321,7 @@ class FedRecStrategy(FedAvg):
                                    f"replies failed (first: {failed[0].error.reason}); an evaluation "
                                    f"over a subset of users would not be comparable")
             per_user = [{k: float(v) for k, v in dict(m.content[METRICS]).items()} for m in replies]
-            agg = mean_metrics(per_user, skip=("num-examples",))
+            agg = mean_metrics(per_user, skip=(NUM_EXAMPLES,))
             agg["eval-users"] = len(per_user)
             self._round.update(agg)
             self._round["eval-seconds"] = time.perf_counter() - self._t_eval

@@ -16,7 +16,7 @@ def build_strategy(cfg: RunConfig, data: Any, on_round: Callable[[dict], None] |
     arguments), the raw ``run_config`` to read their own typed section from, the split ``data``,
     the ``run_dir`` for their outputs and the server's ``model`` (a backbone instance whose
     scoring functions they may use)."""
-    common = dict(num_rounds=cfg.num_server_rounds, fraction_train=cfg.fraction_train,
+    common = dict(fraction_train=cfg.fraction_train,
                   eval_every=cfg.eval_every, select_metric=cfg.select_metric,
                   aggregation=cfg.aggregation, seed=cfg.seed, on_round=on_round,
                   min_available_nodes=data.num_users)

@@ -68,13 +68,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-# Record and key names of the message contract: defined once, next to the client that reads them.
-from clients.fedsllm import (COUNTS_KEY, EPS_CFG, FRACTION_CFG, PAYLOAD_RECORD, PROTOTYPES_KEY,
-                             SAMPLER_CFG, SIMILARITY_KEY)
 from clients.selection import PROTOTYPE_METHODS, SAMPLERS
 from fedmm.config import ConfigError, ConfigSection, RunConfig
 from strategies.aggregation import ReplyError
-from strategies.base import EXTRAS, ITEM_TABLE_KEY, METRICS, FedRecStrategy, dict_to_arrays
+from fedmm.protocol import (EPS_CFG, FEDSLLM_PAYLOAD, FRACTION_CFG, PROTOTYPE_COUNTS, PROTOTYPES,
+                            SAMPLER_CFG, SIMILARITY, TrainReply, dict_to_arrays)
+from strategies.base import FedRecStrategy
 
 #: Values of ``fedsllm-llm`` that mean the packaged SmolLM2-135M-Instruct GGUF.
 SMOLLM2_ALIASES = frozenset({"", "smollm2", "default"})
@@ -339,10 +338,10 @@ def sum_prototype_counts(counts: Sequence[np.ndarray], num_prototypes: int,
     for src, c in zip(sources, counts):
         arr = np.asarray(c)
         if arr.shape != (int(num_prototypes),):
-            raise ReplyError(f"reply from node {src}: '{COUNTS_KEY}' has shape {arr.shape}, "
+            raise ReplyError(f"reply from node {src}: '{PROTOTYPE_COUNTS}' has shape {arr.shape}, "
                              f"expected ({num_prototypes},) (one count per prototype sent)")
         if not np.issubdtype(arr.dtype, np.integer) or (arr < 0).any():
-            raise ReplyError(f"reply from node {src}: '{COUNTS_KEY}' must hold non-negative "
+            raise ReplyError(f"reply from node {src}: '{PROTOTYPE_COUNTS}' must hold non-negative "
                              f"integers, got dtype {arr.dtype}")
         total += arr.astype(np.int64)
     return total
@@ -516,9 +515,9 @@ class FedSLLM(FedRecStrategy):
                                               pretrain_autoencoder)
 
         start = time.perf_counter()
-        table = arrays[ITEM_TABLE_KEY]
+        table = arrays[self.item_table_key]
         if table.shape[0] != len(self.items):
-            raise ValueError(f"'{ITEM_TABLE_KEY}' has {table.shape[0]} rows but the item table "
+            raise ValueError(f"'{self.item_table_key}' has {table.shape[0]} rows but the item table "
                              f"has {len(self.items)} items")
         if self.settings.uses_autoencoder:
             texts = fedsllm_item_texts(self.items)
@@ -531,7 +530,7 @@ class FedSLLM(FedRecStrategy):
                 self._x, default_widths(x.shape[1], table.shape[1]), epochs=s.ae_epochs,
                 lr=s.ae_lr, seed=self.seed)
             z = init_item_embeddings(self.autoencoder, self._x, scale=_rms(table))
-            arrays = {**arrays, ITEM_TABLE_KEY: z.cpu().numpy().astype(table.dtype)}
+            arrays = {**arrays, self.item_table_key: z.cpu().numpy().astype(table.dtype)}
             self._summary.update({"ae-widths": self.autoencoder.widths,
                                   "ae-mse": history[-1], "text-cache-hit": hit,
                                   "text-seconds": text_s,
@@ -539,7 +538,7 @@ class FedSLLM(FedRecStrategy):
             log(INFO, "fedsllm: autoencoder %s pre-trained on %d item texts (%s), MSE %.5f",
                 self.autoencoder.widths, x.shape[0], "cached" if hit else "encoded", history[-1])
         if self.settings.uses_prototypes:
-            self._revise(0, arrays[ITEM_TABLE_KEY], counts=None)
+            self._revise(0, arrays[self.item_table_key], counts=None)
         self._summary["pretrain-seconds"] = time.perf_counter() - start
         return arrays
 
@@ -561,28 +560,23 @@ class FedSLLM(FedRecStrategy):
         from server_tasks.prototypes import cosine_similarity_matrix
 
         assert self._global is not None
-        sim = cosine_similarity_matrix(self._global[ITEM_TABLE_KEY], self.vectors)
-        record = dict_to_arrays({PROTOTYPES_KEY: self.vectors.astype(np.float32),
-                                 SIMILARITY_KEY: sim.astype(np.float32)})
-        return {nid: {PAYLOAD_RECORD: record} for nid in node_ids}
+        sim = cosine_similarity_matrix(self._global[self.item_table_key], self.vectors)
+        record = dict_to_arrays({PROTOTYPES: self.vectors.astype(np.float32),
+                                 SIMILARITY: sim.astype(np.float32)})
+        return {nid: {FEDSLLM_PAYLOAD: record} for nid in node_ids}
 
-    def server_update(self, server_round: int, replies: list[Message],
+    def server_update(self, server_round: int, replies: list[TrainReply],
                       arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Sum counts; align ``E_AE`` and revise the prototypes when due."""
-        metrics = [dict(m.content[METRICS]) for m in replies]
+        metrics = [r.metrics for r in replies]
         ms = [float(mm["selection-ms"]) for mm in metrics if "selection-ms" in mm]
         self._info = {"selection-ms": float(np.mean(ms)) if ms else float("nan"),
                       **selection_overlap(metrics)}
         if not self.settings.uses_prototypes:
             return arrays
-        sources = [m.metadata.src_node_id for m in replies]
-        counts = []
-        for src, m in zip(sources, replies):
-            extras = m.content.array_records.get(EXTRAS)
-            if extras is None or COUNTS_KEY not in extras:
-                raise ReplyError(f"reply from node {src}: sampler '{self.settings.sampler}' "
-                                 f"needs ArrayRecord '{EXTRAS}' with '{COUNTS_KEY}' (P,) int64")
-            counts.append(extras[COUNTS_KEY].numpy())
+        sources = [r.node for r in replies]
+        counts = [r.extra(PROTOTYPE_COUNTS, f"sampler '{self.settings.sampler}' ((P,) int64)")
+                  for r in replies]
         summed = sum_prototype_counts(counts, len(self.names), sources)
         self._pending = self._pending + summed
         self._info.update({"num-prototypes": len(self.names),
@@ -591,7 +585,7 @@ class FedSLLM(FedRecStrategy):
                      "counts": summed.tolist(), "clients": len(replies)})
         if server_round >= self.num_rounds:
             return arrays  # nothing would use a new encoder or new prototypes
-        table = arrays[ITEM_TABLE_KEY]
+        table = arrays[self.item_table_key]
         s = self.settings
         aligned = False
         if s.sampler == "fedsllm" and s.align_every and server_round % s.align_every == 0:

@@ -18,11 +18,12 @@ WWW 2026 (arXiv:2509.19955). After the backbone's usual aggregation, each round 
    batch items to its BCE loss; ``lambda`` comes from a server-side schedule
    (:mod:`server_tasks.lambda_schedules`) fed by the clients' reported losses.
 
-Message contract (for another Flower project's ClientApp; on top of
-:mod:`strategies.base`):
+Message contract (for another Flower project's ClientApp; names in :mod:`fedmm.protocol`, on
+top of the base contract documented there):
 
 * **train message** — ``"arrays"`` and ``"config"`` as the base strategy; ``"config"`` also
-  holds ``gfmfr-lambda`` (float, the distillation weight of this round). Clients that belong
+  holds ``gfmfr-lambda-t`` (float, the distillation weight λ_t of this round; the run-config
+  key ``gfmfr-lambda`` is the base weight λ the schedule starts from). Clients that belong
   to a group get one more ArrayRecord ``"gfmfr"``:
 
   - server mode (backbone scorer without a user embedding: PFedRec, FedRAP):
@@ -41,8 +42,8 @@ Message contract (for another Flower project's ClientApp; on top of
   ``scorer/score_fn.bias`` ``(1,)``: uploading it is what GFMFR requires by design);
   client mode: nothing extra (clustering uses the shared parameters already uploaded).
   ``"metrics"`` adds ``rec-loss`` (float, mean batch BCE) and, when the message carried
-  ``"gfmfr"``, ``dis-loss`` (float, mean batch KL); ``user`` (int partition id) names the
-  client in ``groups.jsonl``.
+  ``"gfmfr"``, ``dis-loss`` (float, mean batch KL). The client's user is the one its node
+  reported in the query round (GFMFR needs it to track groups; train replies carry no id).
 
 Outputs in the run directory: ``groups.jsonl`` (one line per round:
 ``{"round": r, "groups": {"<partition id>": group}}``), ``group_dynamics.png`` (written by
@@ -65,13 +66,12 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedmm.device import resolve_device
-from clients.gfmfr import (DIS_LOSS, FEATURES, LAMBDA_KEY, PAYLOAD, PREFERENCE, REC_LOSS,
-                           SCORER_PREFIX, ScorerPlan, scorer_plan)
+from clients.gfmfr import ScorerPlan, scorer_plan
 from fedmm.config import ConfigError, ConfigSection, comma_list
 from fedmm.models.base import FedRecModel
 from server_tasks.clustering import METHODS as CLUSTER_METHODS
@@ -81,8 +81,9 @@ from server_tasks.fusion import FUSION_KINDS, fuse, group_targets, make_fusion, 
 from server_tasks.group_pref import average_state, group_preference
 from server_tasks.lambda_schedules import SCHEDULES, make_schedule
 from strategies.aggregation import ReplyError
-from strategies.base import (ARRAYS, EXTRAS, ITEM_TABLE_KEY, METRICS, FedRecStrategy,
-                             arrays_to_dict, dict_to_arrays)
+from fedmm.protocol import (DIS_LOSS, FEATURES, GFMFR_PAYLOAD, ITEM_COUNTS, PREFERENCE, REC_LOSS,
+                            ROUND_LAMBDA, SCORER_PREFIX, TrainReply, dict_to_arrays)
+from strategies.base import FedRecStrategy
 
 #: Prefix of this method's run-config keys.
 KEY_PREFIX = "gfmfr-"
@@ -390,7 +391,6 @@ class GFMFR(FedRecStrategy):
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.modality_notes = dict(modality_notes or {})
         self.encode_seconds = float(encode_seconds)
-        self._user_of_node: dict[int, int] = {}
         self._group_of_user: dict[int, int] = {}
         self._pbar: dict[int, dict[str, torch.Tensor]] = {}   # group -> averaged scorer state
         self._signals: dict[int, ArrayRecord] = {}            # group -> payload record
@@ -443,26 +443,30 @@ class GFMFR(FedRecStrategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid):
-        """Add this round's ``gfmfr-lambda`` to the config, then the base ``configure_train``."""
+        """Schedule this round's λ_t (sent as ``gfmfr-lambda-t`` by :meth:`train_config`), keep
+        the item table sent (FedMF's clustering vector), then the base ``configure_train``."""
         rec, dis = self._losses
         self._lambda = float(self.schedule(server_round, rec, dis, self._lambda))
-        self._info = {"gfmfr-lambda": self._lambda}
+        self._info = {"gfmfr-lambda-t": self._lambda}
         if self.plan.mode == "client" and not self.plan.shared:
-            self._sent_items = arrays[ITEM_TABLE_KEY].numpy()
-        config = ConfigRecord({**dict(config), LAMBDA_KEY: self._lambda})
+            self._sent_items = arrays[self.item_table_key].numpy()
         return super().configure_train(server_round, arrays, config, grid)
+
+    def train_config(self, server_round: int) -> dict[str, Any]:
+        """``{"gfmfr-lambda-t": λ_t}``."""
+        return {ROUND_LAMBDA: self._lambda}
 
     def train_payload(self, server_round: int, node_ids: list[int]) -> dict[int, dict[str, Any]]:
         """``{"gfmfr": record of the node's group}`` for nodes that have a group."""
         payload = {}
         for nid in node_ids:
-            group = self._group_of_user.get(self._user_of_node.get(nid, -1))
+            group = self._group_of_user.get(self.user_of.get(nid, -1))
             if group is not None and group in self._signals:
-                payload[nid] = {PAYLOAD: self._signals[group]}
+                payload[nid] = {GFMFR_PAYLOAD: self._signals[group]}
         self._info["gfmfr-signalled"] = len(payload)
         return payload
 
-    def server_update(self, server_round: int, replies: list[Message],
+    def server_update(self, server_round: int, replies: list[TrainReply],
                       arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Cluster, fit the fusion module, rebuild the group signals; ``arrays`` unchanged."""
         t0 = time.perf_counter()
@@ -532,53 +536,42 @@ class GFMFR(FedRecStrategy):
         }}
 
     # ----- helpers ----------------------------------------------------------------------------
-    def _parse(self, replies: list[Message]):
+    def _parse(self, replies: list[TrainReply]):
         """Per reply: user, weight, item table, clustering vector ``P_u``, scorer state, item
         counts (item-wise aggregation only), rec-loss, dis-loss (where reported)."""
         users, weights, tables, vectors, scorers, counts, rec, dis = [], [], [], [], [], [], [], []
         rec_all: list[float] = []
-        for m in replies:
-            src = m.metadata.src_node_id
-            metrics = dict(m.content[METRICS])
-            if not isinstance(metrics.get("user"), (int, float)):
-                raise ReplyError(f"reply from node {src}: GFMFR needs the metric 'user' "
-                                 f"(partition id) to track groups")
-            user = int(metrics["user"])
-            self._user_of_node[src] = user
-            users.append(user)
-            weights.append(float(metrics["num-examples"]))
-            state = arrays_to_dict(m.content[ARRAYS])
-            tables.append(state[ITEM_TABLE_KEY])
-            extras = arrays_to_dict(m.content[EXTRAS]) if EXTRAS in m.content.array_records else {}
+        key = self.item_table_key
+        for r in replies:
+            if r.user is None:
+                raise ReplyError(f"reply from node {r.node}: GFMFR tracks groups by user, but this "
+                                 f"node did not report its user in the query round (give the "
+                                 f"ClientApp a query handler answering metric 'user')")
+            users.append(r.user)
+            weights.append(r.num_examples)
+            tables.append(r.arrays[key])
             if self.aggregation == "itemwise":
-                counts.append(extras["item-counts"])
-            scorer = {}
-            for k in self.plan.upload:
-                if SCORER_PREFIX + k not in extras:
-                    raise ReplyError(f"reply from node {src}: GFMFR ({self.plan.mode} mode) needs "
-                                     f"ArrayRecord '{EXTRAS}' with '{SCORER_PREFIX}{k}' (the trained "
-                                     f"prediction function P_u); got {sorted(extras)}")
-                scorer[k] = extras[SCORER_PREFIX + k]
+                counts.append(r.extra(ITEM_COUNTS, "aggregation 'itemwise'"))
+            scorer = {k: r.extra(SCORER_PREFIX + k, f"GFMFR ({self.plan.mode} mode; the trained "
+                                                    f"prediction function P_u)")
+                      for k in self.plan.upload}
             for k in self.plan.shared:
-                scorer[k] = state[k]
+                scorer[k] = r.arrays[k]
             for k, ref in self._scorer.state_dict().items():
                 if k in scorer and tuple(scorer[k].shape) != tuple(ref.shape):
-                    raise ReplyError(f"reply from node {src}: '{SCORER_PREFIX}{k}' has shape "
+                    raise ReplyError(f"reply from node {r.node}: '{SCORER_PREFIX}{k}' has shape "
                                      f"{scorer[k].shape}, expected {tuple(ref.shape)}")
             if scorer:
                 vec = np.concatenate([np.asarray(scorer[k], np.float64).ravel() for k in sorted(scorer)])
             else:  # FedMF: no shared scorer part; the item-table update is uploaded anyway
-                vec = (np.asarray(state[ITEM_TABLE_KEY], np.float64)
+                vec = (np.asarray(r.arrays[key], np.float64)
                        - np.asarray(self._sent_items, np.float64)).ravel()
             vectors.append(vec)
             scorers.append({k: torch.as_tensor(v) for k, v in scorer.items()})
-            if not isinstance(metrics.get(REC_LOSS), (int, float)):
-                raise ReplyError(f"reply from node {src}: GFMFR needs the metric '{REC_LOSS}' "
-                                 f"(mean batch BCE) for its lambda schedule")
-            rec_all.append(float(metrics[REC_LOSS]))
-            if isinstance(metrics.get(DIS_LOSS), (int, float)):
-                dis.append(float(metrics[DIS_LOSS]))
-                rec.append(float(metrics[REC_LOSS]))
+            rec_all.append(r.scalar(REC_LOSS, "GFMFR's lambda schedule (mean batch BCE)"))
+            if DIS_LOSS in r.metrics:
+                dis.append(r.metrics[DIS_LOSS])
+                rec.append(r.metrics[REC_LOSS])
         if not dis:  # nobody distilled yet: rec-loss of everyone, dis unknown
             rec = rec_all
         return users, weights, tables, np.stack(vectors), scorers, counts, rec, dis

@@ -384,9 +384,8 @@ def _client(cls=FedSLLMClient, model_seed: int = 0):
     model = build_model("pfedrec", N_ITEMS, DIM)
     train = np.arange(0, 2 * N_TRAIN, 2, dtype=np.int64)  # even items
     data = UserData(user=3, train=train, valid=1, test=3, num_items=N_ITEMS)
-    settings = LocalSettings(local_epochs=2, optimizers=(), weight_decay=0.0, batch_size=16,
-                             num_negatives=2, device="cpu", seed=0, ldp_delta=0.0, topk=(10,),
-                             protocols=("sampled",), num_eval_negatives=10)
+    settings = LocalSettings.make(local_epochs=2, batch_size=16, num_negatives=2, topk=(10,),
+                                  eval_protocol="sampled", num_eval_negatives=10)
     return cls(model, data, settings)
 
 

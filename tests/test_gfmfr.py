@@ -12,8 +12,9 @@ import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from clients.base import FedRecClient, LocalSettings
-from clients.gfmfr import (DIS_LOSS, FEATURES, LAMBDA_KEY, PAYLOAD, PREFERENCE, REC_LOSS,
-                           SCORER_PREFIX, GFMFRClient, preference_kl, scorer_plan)
+from clients.gfmfr import GFMFRClient, preference_kl, scorer_plan
+from fedmm.protocol import (DIS_LOSS, FEATURES, GFMFR_PAYLOAD, PREFERENCE, REC_LOSS, ROUND_LAMBDA,
+                            SCORER_PREFIX)
 from e2e_util import finals, run_app
 from fedmm.config import ConfigError, load_app_config
 from fedmm.data.split import UserData
@@ -45,9 +46,8 @@ def settings(**overrides) -> GFMFRConfig:
 
 
 def local_settings(ldp: float = 0.0) -> LocalSettings:
-    return LocalSettings(local_epochs=1, optimizers=(), weight_decay=0.0, batch_size=16, num_negatives=2,
-                         device="cpu", seed=0, ldp_delta=ldp, topk=(5,), protocols=("full",),
-                         num_eval_negatives=5)
+    return LocalSettings.make(batch_size=16, num_negatives=2, ldp_delta=ldp, topk=(5,),
+                              eval_protocol="full", num_eval_negatives=5)
 
 
 def user_data(u: int) -> UserData:
@@ -85,14 +85,17 @@ class FakeGrid:
         return self.node_ids
 
 
+NODES = [1000 + 7 * u for u in range(N_USERS)]  # node id -> user = index
+USER_OF = {nid: u for u, nid in enumerate(NODES)}
+
+
 def make_strategy(backbone: str, run_dir: Path | None = None, aggregation: str = "fedavg",
                   **overrides) -> GFMFR:
-    return GFMFR(settings=settings(**overrides), modalities=modality_tables(),
-                 model=make_model(backbone), run_dir=run_dir, num_rounds=5, fraction_train=1.0,
-                 eval_every=10, seed=0, min_available_nodes=1, aggregation=aggregation)
-
-
-NODES = [1000 + 7 * u for u in range(N_USERS)]  # node id -> user = index
+    strategy = GFMFR(settings=settings(**overrides), modalities=modality_tables(),
+                     model=make_model(backbone), run_dir=run_dir, num_rounds=5, fraction_train=1.0,
+                     eval_every=10, seed=0, min_available_nodes=1, aggregation=aggregation)
+    strategy.user_of = dict(USER_OF)  # what the query round (start -> discover_users) learns
+    return strategy
 
 
 def reply(msg: Message, client: FedRecClient) -> Message:
@@ -105,8 +108,7 @@ def reply(msg: Message, client: FedRecClient) -> Message:
     client.receive(payload, config)
     params, n, metrics = client.fit([content["arrays"][k].numpy() for k in names], config)
     out = RecordDict({"arrays": dict_to_arrays(dict(zip(names, params))),
-                      "metrics": MetricRecord({**metrics, "num-examples": n,
-                                               "user": int(client.data.user)})})
+                      "metrics": MetricRecord({**metrics, "num-examples": n})})
     extras = client.upload_extras()
     if extras:
         out["extras"] = dict_to_arrays(extras)
@@ -229,26 +231,26 @@ def _own_preference(client) -> np.ndarray:
 
 def test_client_kl_zero_for_own_predictions_and_gradient_flows():
     client = make_client("pfedrec", 0)
-    client.receive({PAYLOAD: {PREFERENCE: _own_preference(client)}}, {})
+    client.receive({GFMFR_PAYLOAD: {PREFERENCE: _own_preference(client)}}, {})
     items = torch.arange(10)
     logits = client.model(items)
-    extra = client.extra_loss(items, torch.ones(10), logits, {LAMBDA_KEY: 2.0})
+    extra = client.extra_loss(items, torch.ones(10), logits, {ROUND_LAMBDA: 2.0})
     assert float(extra.detach()) == pytest.approx(0.0, abs=1e-6)
     flipped = _own_preference(client)[:, ::-1].copy()
-    client.receive({PAYLOAD: {PREFERENCE: flipped}}, {})
-    extra = client.extra_loss(items, torch.ones(10), client.model(items), {LAMBDA_KEY: 2.0})
+    client.receive({GFMFR_PAYLOAD: {PREFERENCE: flipped}}, {})
+    extra = client.extra_loss(items, torch.ones(10), client.model(items), {ROUND_LAMBDA: 2.0})
     assert float(extra.detach()) > 0
     extra.backward()
     assert client.model.score_fn.weight.grad.abs().sum() > 0
-    assert client.extra_loss(items, torch.ones(10), client.model(items), {LAMBDA_KEY: 0.0}) is None
+    assert client.extra_loss(items, torch.ones(10), client.model(items), {ROUND_LAMBDA: 0.0}) is None
 
 
 def test_lambda_zero_is_the_base_loss():
     params = [a.numpy() for a in initial_arrays("pfedrec").values()]
     base = make_client("pfedrec", 1, cls=FedRecClient)
     ours = make_client("pfedrec", 1)
-    ours.receive({PAYLOAD: {PREFERENCE: _own_preference(ours)[:, ::-1].copy()}}, {})
-    cfg = {"server-round": 2, "aggregation": "fedavg", LAMBDA_KEY: 0.0}
+    ours.receive({GFMFR_PAYLOAD: {PREFERENCE: _own_preference(ours)[:, ::-1].copy()}}, {})
+    cfg = {"server-round": 2, "aggregation": "fedavg", ROUND_LAMBDA: 0.0}
     p_base, n_base, m_base = base.fit(params, dict(cfg))
     p_ours, n_ours, m_ours = ours.fit(params, dict(cfg))
     assert n_base == n_ours and m_ours["train-loss"] == pytest.approx(m_base["train-loss"])
@@ -256,8 +258,8 @@ def test_lambda_zero_is_the_base_loss():
         np.testing.assert_array_equal(a, b)
     assert m_ours[DIS_LOSS] > 0 and m_ours[REC_LOSS] > 0  # measured, not added
     with_lambda = make_client("pfedrec", 1)
-    with_lambda.receive({PAYLOAD: {PREFERENCE: _own_preference(with_lambda)[:, ::-1].copy()}}, {})
-    p_kl, _, _ = with_lambda.fit(params, dict(cfg, **{LAMBDA_KEY: 1.0}))
+    with_lambda.receive({GFMFR_PAYLOAD: {PREFERENCE: _own_preference(with_lambda)[:, ::-1].copy()}}, {})
+    p_kl, _, _ = with_lambda.fit(params, dict(cfg, **{ROUND_LAMBDA: 1.0}))
     assert not np.array_equal(p_kl[0], p_base[0])
 
 
@@ -284,11 +286,11 @@ def test_client_uploads_score_function_not_user_embedding():
 def test_bad_payload_is_named():
     client = make_client("pfedrec", 0)
     with pytest.raises(ValueError, match="'gfmfr/preference' has shape"):
-        client.receive({PAYLOAD: {PREFERENCE: np.zeros((3, 2), np.float32)}}, {})
+        client.receive({GFMFR_PAYLOAD: {PREFERENCE: np.zeros((3, 2), np.float32)}}, {})
     with pytest.raises(ValueError, match="no user embedding"):
-        client.receive({PAYLOAD: {FEATURES: np.zeros((N_ITEMS, DIM), np.float16)}}, {})
+        client.receive({GFMFR_PAYLOAD: {FEATURES: np.zeros((N_ITEMS, DIM), np.float16)}}, {})
     with pytest.raises(ValueError, match="expected 'preference' or 'features'"):
-        client.receive({PAYLOAD: {"other": np.zeros(1)}}, {})
+        client.receive({GFMFR_PAYLOAD: {"other": np.zeros(1)}}, {})
 
 
 # ------------------------------------------------------------------------------------------
@@ -299,8 +301,8 @@ def test_server_mode_rounds(tmp_path):
     clients = {nid: make_client("pfedrec", u) for u, nid in enumerate(NODES)}
     arrays = initial_arrays("pfedrec")
     messages, replies, arrays = run_round(strategy, 1, arrays, clients)
-    assert all(PAYLOAD not in m.content.array_records for m in messages)  # nobody grouped yet
-    assert all(LAMBDA_KEY in m.content["config"] for m in messages)
+    assert all(GFMFR_PAYLOAD not in m.content.array_records for m in messages)  # nobody grouped yet
+    assert all(ROUND_LAMBDA in m.content["config"] for m in messages)
     info = strategy.round_info()
     assert sum(info["gfmfr-group-sizes"]) == N_USERS and info["gfmfr-distilled"] == 0
     assert info["gfmfr-seconds"] >= info["gfmfr-fusion-seconds"] > 0
@@ -312,14 +314,14 @@ def test_server_mode_rounds(tmp_path):
     groups = strategy.tracker.assignments[1]
     q = fuse(strategy.fusion, strategy._mods, strategy._masks)  # fusion after round 2 update
     for m in messages:
-        pref = m.content[PAYLOAD][PREFERENCE].numpy()
+        pref = m.content[GFMFR_PAYLOAD][PREFERENCE].numpy()
         assert pref.shape == (N_ITEMS, 2) and pref.dtype == np.float32
         np.testing.assert_allclose(pref.sum(1), 1.0, atol=1e-6)
     assert all(DIS_LOSS in dict(r.content["metrics"]) for r in replies)
     # the signals now held (sent in round 3) are P̄_l(Q_l) with this round's members
     labels = strategy.tracker.assignments[2]
     for group in set(labels.values()):
-        members = [r for r in replies if labels[int(dict(r.content["metrics"])["user"])] == group]
+        members = [r for r in replies if labels[USER_OF[r.metadata.src_node_id]] == group]
         w = np.array([float(dict(r.content["metrics"])["num-examples"]) for r in members])
         wt = np.average([r.content["extras"]["scorer/score_fn.weight"].numpy() for r in members],
                         axis=0, weights=w)
@@ -338,7 +340,7 @@ def test_server_mode_rounds(tmp_path):
     prev = strategy._lambda
     expected = strategy.schedule(3, rec, dis, prev)
     messages, replies, arrays = run_round(strategy, 3, arrays, clients)
-    assert messages[0].content["config"][LAMBDA_KEY] == pytest.approx(expected)
+    assert messages[0].content["config"][ROUND_LAMBDA] == pytest.approx(expected)
     extra = strategy.finish()
     assert (tmp_path / "group_dynamics.png").stat().st_size > 0
     assert extra["gfmfr"]["scorer-mode"] == "server" and sorted(extra["gfmfr"]["modalities"]) == ["kg", "text"]
@@ -367,14 +369,14 @@ def test_client_mode_keeps_user_embedding_home(backbone):
             assert not any("user_emb" in k for k in rec.keys())  # never travels
     shared_scorer = set(scorer_plan(make_model(backbone)).shared)
     for m in messages:
-        rec = m.content[PAYLOAD]
+        rec = m.content[GFMFR_PAYLOAD]
         assert rec[FEATURES].numpy().dtype == np.float16 and rec[FEATURES].shape == (N_ITEMS, DIM)
         assert {k[len(SCORER_PREFIX):] for k in rec.keys() if k != FEATURES} == shared_scorer
     assert all(DIS_LOSS in dict(r.content["metrics"]) for r in replies)
     # The client's target: its own model with the group's shared scorer parts, applied to Q_l.
     nid = messages[0].metadata.dst_node_id
-    client, rec = clients[nid], messages[0].content[PAYLOAD]
-    client.receive({PAYLOAD: {k: v.numpy() for k, v in rec.items()}}, {})
+    client, rec = clients[nid], messages[0].content[GFMFR_PAYLOAD]
+    client.receive({GFMFR_PAYLOAD: {k: v.numpy() for k, v in rec.items()}}, {})
     state = client.model.state_dict()
     model = make_model(backbone, client.data.user)
     model.load_state_dict(state)
@@ -397,7 +399,7 @@ def test_single_group_ablation_and_unsampled_clients():
     first = {m.metadata.dst_node_id for m in messages}
     messages, _, _ = run_round(strategy, 2, arrays, clients)
     for m in messages:  # only nodes seen in round 1 have a group
-        assert (PAYLOAD in m.content.array_records) == (m.metadata.dst_node_id in first)
+        assert (GFMFR_PAYLOAD in m.content.array_records) == (m.metadata.dst_node_id in first)
     assert set(strategy.tracker.assignments[1].values()) == {0}
     assert all("item-counts" in r.content["extras"] and "scorer/score_fn.weight" in r.content["extras"]
                for r in run_round(strategy, 3, arrays, clients)[1])

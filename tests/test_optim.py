@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def settings(**kw) -> LocalSettings:
     d = load_app_config(ROOT / "pyproject.toml")
     d.update(kw)
-    return LocalSettings.from_config(RunConfig.from_mapping(d))
+    return RunConfig.from_mapping(d).local
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))

@@ -61,15 +61,15 @@ def test_same_seed_same_users_whatever_the_node_ids(serverapp_identity):
     runs = []
     for node_seed in (0, 1):
         grid, strat = UserGrid(node_seed), strategy()
-        strat._user_of = strat.discover_users(grid)
-        assert grid.queries == N_USERS and len(strat._user_of) == N_USERS
+        strat.user_of = strat.discover_users(grid)
+        assert grid.queries == N_USERS and len(strat.user_of) == N_USERS
         runs.append(sampled_users(strat, grid))
     assert runs[0] == runs[1]
     assert all(len(r) == 10 and r == sorted(r) for r in runs[0])   # sent in user order
     assert len({tuple(r) for r in runs[0]}) == 3                     # rounds differ
     other = strategy(seed=4)
     grid = UserGrid(0)
-    other._user_of = other.discover_users(grid)
+    other.user_of = other.discover_users(grid)
     assert sampled_users(other, grid) != runs[0]                     # the seed matters
 
 
@@ -81,8 +81,8 @@ def test_without_the_query_round_sampling_follows_node_ids(serverapp_identity):
 
 def test_nodes_without_query_handler_are_logged_and_still_sampled(serverapp_identity, caplog):
     grid, strat = UserGrid(0, no_handler={5, 6, 7}), strategy()
-    strat._user_of = strat.discover_users(grid)
-    assert len(strat._user_of) == N_USERS - 3
+    strat.user_of = strat.discover_users(grid)
+    assert len(strat.user_of) == N_USERS - 3
     assert "3 of 40 nodes did not report their user" in caplog.text
     order = strat._order(grid.get_node_ids())
     assert [grid.user_of[n] for n in order[:-3]] == [u for u in range(N_USERS) if u not in {5, 6, 7}]
@@ -100,7 +100,8 @@ class Recording(FedRecStrategy):
     """Records the node order in which ``server_update`` sees the replies."""
 
     def server_update(self, server_round, replies, arrays):
-        self.seen = [m.metadata.src_node_id for m in replies]
+        self.seen = [r.node for r in replies]
+        self.users = [r.user for r in replies]
         return arrays
 
 
@@ -108,7 +109,7 @@ def test_server_update_sees_replies_in_user_order_not_arrival_order(serverapp_id
     # GFMFR clusters the replies' score functions with K-Means, whose result depends on the
     # row order: arrival order would make runs with one seed differ.
     grid, strat = UserGrid(0), Recording(num_rounds=1, fraction_train=0.2, seed=0)
-    strat._user_of = strat.discover_users(grid)
+    strat.user_of = strat.discover_users(grid)
     arrays = dict_to_arrays({"item_emb.weight": np.zeros((5, 2), np.float32)})
     seen = []
     for perm_seed in (0, 1):
@@ -120,4 +121,6 @@ def test_server_update_sees_replies_in_user_order_not_arrival_order(serverapp_id
         order = np.random.default_rng(perm_seed).permutation(len(replies))
         strat.aggregate_train(1, [replies[i] for i in order])
         seen.append([grid.user_of[n] for n in strat.seen])
+        # The user of each parsed reply comes from the query round, not from the reply.
+        assert strat.users == seen[-1]
     assert seen[0] == seen[1] == sorted(seen[0]) and len(seen[0]) == 8
