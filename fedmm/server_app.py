@@ -12,22 +12,10 @@ from flwr.serverapp import Grid, ServerApp
 from fedmm.config import RunConfig
 from fedmm.factory import data_for, model_for, set_threads
 from fedmm.outputs import RunRecorder, format_table, new_run_dir, summarize
-from strategies.base import dict_to_arrays
+from fedmm.protocol import dict_to_arrays
 from strategies.factory import build_strategy
 
 app = ServerApp()
-
-
-def _wait_for_nodes(grid: Grid, expected: int, timeout: float = 300.0) -> None:
-    t = time.time()
-    while (n := len(list(grid.get_node_ids()))) < expected:
-        if time.time() - t > timeout:
-            raise RuntimeError(f"only {n} of {expected} SuperNodes connected after {timeout:.0f}s; "
-                               f"the dataset has {expected} users and every user is one node")
-        time.sleep(0.5)
-    if n > expected:
-        raise RuntimeError(f"{n} SuperNodes connected but the dataset has {expected} users; set "
-                           f"num-supernodes={expected} (one node per user)")
 
 
 @app.main()
@@ -35,15 +23,13 @@ def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_mapping(context.run_config)
     set_threads(cfg)
     data = data_for(cfg)
-    run_name = str(context.run_config.get("run-name", ""))
-    run_dir = new_run_dir(cfg.out_dir, run_name, tag=f"{data.name}-{cfg.backbone}-{cfg.method}-s{cfg.seed}")
+    run_dir = new_run_dir(cfg.out_dir, cfg.run_name, tag=f"{data.name}-{cfg.backbone}-{cfg.method}-s{cfg.seed}")
     recorder = RunRecorder(run_dir)
-    recorder.write_config({**cfg.to_dict(), "run-name": run_name, "run-dir": str(run_dir),
+    recorder.write_config({**cfg.to_dict(), "run-dir": str(run_dir),
                            "num-users": data.num_users, "num-items": data.num_items,
                            "num-train": data.num_train})
     log(INFO, "fedmm: %s, %d users, %d items, %d training interactions -> %s",
         data.name, data.num_users, data.num_items, data.num_train, run_dir)
-    _wait_for_nodes(grid, data.num_users)
 
     def on_round(rec: dict) -> None:
         recorder.log_round(rec)
@@ -56,6 +42,7 @@ def main(grid: Grid, context: Context) -> None:
     model = model_for(cfg, data.num_items)
     state = model.state_dict()
     initial = {k: state[k].detach().cpu().numpy() for k in model.shared_keys()}
+    # The strategy waits (with a timeout) for one node per user before round 1.
     strategy = build_strategy(cfg, data, on_round=on_round, run_dir=run_dir, model=model,
                               run_config=context.run_config)
     t = time.time()
