@@ -8,9 +8,16 @@ logits ``r_ui`` of its ``n`` training positives and, for the prototype samplers,
 ``r_uj`` of the ``P`` prototype embeddings sent by the server, then selects with
 :func:`clients.selection.select_samples` (rule and tie conventions documented there):
 
-* ``fedsllm`` / ``cluster``: ``Score(i) = min_j sim(i, j) / (|r_ui - r_uj| + eps)``, top ``S``;
-  the counts ``c_u[j] = #{i : argmin_j s(i, j) = j}`` over all ``n`` positives are uploaded;
+* ``fedsllm`` / ``cluster``: ``Score(i) = min_j sim(i, j) / (div(i, j) + eps)``, top ``S``,
+  with ``sim = (cos + 1) / 2`` and ``div = |sigmoid(r_ui) - sigmoid(r_uj)|`` (``fedsllm-score =
+  "probability"``, default) or raw ``cos`` and logits (``"literal"``); the counts
+  ``c_u[j] = #{i : argmin_j s(i, j) = j}`` over all ``n`` positives are uploaded;
 * ``random``, ``entropy``, ``margin``, ``least-confidence``: on ``sigmoid(r_ui)``, no payload;
+* ``fedselect``: drawn by the momentum meta-margin of the per-positive BCE loss (loss before
+  minus after local training), which the client keeps in its private state and updates after
+  training (one extra scoring pass over its positives);
+* ``fale``: drawn by the leverage scores of the positives' scorer vectors
+  (``model.item_vectors``);
 * ``base``: every positive.
 
 Coverage bookkeeping (diagnostic, stays on the client except two floats): the private state
@@ -34,15 +41,19 @@ import numpy as np
 import torch
 
 from clients.base import FedRecClient, LocalSettings
-from clients.selection import PROTOTYPE_METHODS, Selection, select_samples
+from clients.selection import (PROTOTYPE_METHODS, SCORE_FORMS, Selection, fedselect_margin,
+                               positive_loss, select_samples)
 from fedmm.data.split import UserData
 from fedmm.models.base import FedRecModel
 from fedmm.protocol import (EPS_CFG, FEDSLLM_PAYLOAD, FRACTION_CFG, PROTOTYPE_COUNTS,
-                            PROTOTYPES, SAMPLER_CFG, SIMILARITY)
+                            PROTOTYPES, SAMPLER_CFG, SCORE_CFG, SIMILARITY)
 
 #: Key, in the client's private state, of the uint8 ``(n,)`` mask of positives selected in any
 #: earlier round (coverage bookkeeping; never uploaded).
 SELECTED_EVER_KEY = "fedsllm.selected-ever"
+#: Keys, in the private state, of FedSelect's float32 ``(n,)`` per-positive loss after the
+#: client's last local training and its momentum meta-margin (``fedselect`` only).
+FEDSELECT_LOSS_KEY, FEDSELECT_MARGIN_KEY = "fedsllm.fedselect-loss", "fedsllm.fedselect-margin"
 #: Stream tag of the ``random`` sampler's RNG (separate from the training RNG stream).
 _RANDOM_STREAM = 7
 
@@ -74,6 +85,9 @@ class FedSLLMClient(FedRecClient):
         self._selection_ms = 0.0
         self._ever: np.ndarray | None = None   # bool (n,): selected in an earlier round
         self._repeat: float | None = None
+        self._fs_loss: np.ndarray | None = None    # FedSelect: loss after last local training
+        self._fs_margin: np.ndarray | None = None  # FedSelect: momentum meta-margin
+        self._loss_now: np.ndarray | None = None   # per-positive loss at this round's selection
 
     # ----- private state: the parameters plus the selected-ever mask -------------------------
     def private_state(self) -> dict[str, np.ndarray]:
@@ -81,6 +95,9 @@ class FedSLLMClient(FedRecClient):
         state = super().private_state()
         if self._ever is not None:
             state[SELECTED_EVER_KEY] = self._ever.astype(np.uint8)
+        if self._fs_loss is not None:
+            state[FEDSELECT_LOSS_KEY] = self._fs_loss.astype(np.float32)
+            state[FEDSELECT_MARGIN_KEY] = self._fs_margin.astype(np.float32)
         return state
 
     def load_private_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -92,14 +109,17 @@ class FedSLLMClient(FedRecClient):
             The stored mask does not have one entry per training positive of this user.
         """
         super().load_private_state(arrays)
-        ever = arrays.get(SELECTED_EVER_KEY)
-        if ever is None:
-            return
-        if ever.shape != (self.data.train.size,):
-            raise ValueError(f"private state '{SELECTED_EVER_KEY}' has shape {ever.shape}, user "
-                             f"{self.data.user} has {self.data.train.size} training positives; "
-                             "the node state is from another dataset or split")
-        self._ever = np.asarray(ever, dtype=bool)
+        n = self.data.train.size
+        for key in (SELECTED_EVER_KEY, FEDSELECT_LOSS_KEY, FEDSELECT_MARGIN_KEY):
+            if key in arrays and arrays[key].shape != (n,):
+                raise ValueError(f"private state '{key}' has shape {arrays[key].shape}, user "
+                                 f"{self.data.user} has {n} training positives; "
+                                 "the node state is from another dataset or split")
+        if SELECTED_EVER_KEY in arrays:
+            self._ever = np.asarray(arrays[SELECTED_EVER_KEY], dtype=bool)
+        if FEDSELECT_LOSS_KEY in arrays and FEDSELECT_MARGIN_KEY in arrays:
+            self._fs_loss = np.asarray(arrays[FEDSELECT_LOSS_KEY], dtype=np.float64)
+            self._fs_margin = np.asarray(arrays[FEDSELECT_MARGIN_KEY], dtype=np.float64)
 
     # ----- hooks ----------------------------------------------------------------------------
     def receive(self, payload: dict[str, dict[str, np.ndarray]], config: dict) -> None:
@@ -164,23 +184,51 @@ class FedSLLMClient(FedRecClient):
         if needs_protos and self.prototypes is None:
             raise ValueError(f"sampler '{sampler}' needs the ArrayRecord '{FEDSLLM_PAYLOAD}' "
                              f"(prototypes and similarities) in the train message; none came")
-        was_training = self.model.training
-        self.model.eval()  # deterministic scores (FedNCF has dropout)
-        try:
-            with torch.no_grad():
-                r_items = self.model(torch.as_tensor(positives, device=self.device))
-                r_protos = None
-                if needs_protos:
-                    r_protos = self.model.score_vectors(
-                        torch.as_tensor(self.prototypes, device=self.device))
-        finally:
-            self.model.train(was_training)
+        score = "probability"
+        if needs_protos:
+            score = str(config.get(SCORE_CFG, ""))
+            if score not in SCORE_FORMS:
+                raise ValueError(f"train config key '{SCORE_CFG}' = {score!r}: sampler "
+                                 f"'{sampler}' needs one of {list(SCORE_FORMS)} (the FedSLLM "
+                                 "strategy sends it)")
+        features = None
+        with torch.no_grad():
+            r_items = self._logits(positives)
+            r_protos = None
+            if needs_protos:
+                r_protos = self._scored(lambda: self.model.score_vectors(
+                    torch.as_tensor(self.prototypes, device=self.device)))
+            if sampler == "fale":
+                features = self._scored(lambda: self.model.item_vectors(
+                    torch.as_tensor(positives, device=self.device)))
+        self._loss_now = positive_loss(r_items) if sampler == "fedselect" else None
         rng = np.random.default_rng([self.settings.seed, int(config.get("server-round", 0)),
                                      self.data.user, _RANDOM_STREAM])
         return select_samples(
-            sampler, r_items.float().cpu().numpy(), fraction, rng=rng, eps=eps,
-            r_protos=None if r_protos is None else r_protos.float().cpu().numpy(),
-            sim=None if not needs_protos else self.similarity[positives])
+            sampler, r_items, fraction, rng=rng, eps=eps, score=score,
+            r_protos=r_protos, sim=None if not needs_protos else self.similarity[positives],
+            margin=self._fs_margin if sampler == "fedselect" else None, features=features)
+
+    def _scored(self, fn) -> np.ndarray:
+        """Run ``fn`` with the model in eval mode (deterministic: FedNCF has dropout) -> numpy."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return fn().float().cpu().numpy()
+        finally:
+            self.model.train(was_training)
+
+    def _logits(self, positives: np.ndarray) -> np.ndarray:
+        """float ``(n,)`` logits of ``positives`` under the current model, eval mode."""
+        return self._scored(lambda: self.model(torch.as_tensor(positives, device=self.device)))
+
+    def _update_fedselect(self) -> None:
+        """After local training: the per-positive loss and FedSelect's momentum meta-margin."""
+        with torch.no_grad():
+            after = positive_loss(self._logits(np.asarray(self.data.train, dtype=np.int64)))
+        before = self._fs_loss if self._fs_loss is not None else self._loss_now
+        self._fs_margin = fedselect_margin(before, after, self._fs_margin)
+        self._fs_loss = after
 
     def upload_extras(self) -> dict[str, np.ndarray]:
         """Base extras plus ``prototype-counts`` int64 ``(P,)`` for the prototype samplers."""
@@ -193,6 +241,8 @@ class FedSLLMClient(FedRecClient):
         """``FedRecClient.fit`` plus the metrics ``selection-ms``, ``selection-candidates``,
         ``selection-coverage`` and (from the client's second round) ``selection-repeat``."""
         params, num_examples, metrics = super().fit(parameters, config)
+        if str(config.get(SAMPLER_CFG)) == "fedselect":
+            self._update_fedselect()
         metrics = {**metrics, "selection-ms": float(self._selection_ms),
                    "selection-candidates": int(self.data.train.size)}
         if self._ever is not None:

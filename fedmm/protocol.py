@@ -26,7 +26,8 @@ Method keys. GFMFR train message: config ``gfmfr-lambda-t`` (this round's distil
 with ``preference`` ``(N, 2)`` (server mode) or ``features`` ``(N, d)`` + ``scorer/<key>``
 (client mode). GFMFR train reply: metric ``rec-loss`` (and ``dis-loss`` when distilled);
 extras ``scorer/<key>`` (the private prediction-function parts, server mode). FedSLLM train
-message: config ``fedsllm-sampler``, ``fedsllm-fraction``, ``fedsllm-eps``; record
+message: config ``fedsllm-sampler``, ``fedsllm-fraction``, ``fedsllm-eps`` (and
+``fedsllm-score`` for the prototype samplers); record
 ``"fedsllm"`` with ``prototypes`` ``(P, d)`` and ``similarity`` ``(N, P)``. FedSLLM train
 reply: extras ``prototype-counts`` ``(P,)`` int64.
 
@@ -77,6 +78,8 @@ REC_LOSS, DIS_LOSS = "rec-loss", "dis-loss"
 FEDSLLM_PAYLOAD = "fedsllm"
 PROTOTYPES, SIMILARITY, PROTOTYPE_COUNTS = "prototypes", "similarity", "prototype-counts"
 SAMPLER_CFG, FRACTION_CFG, EPS_CFG = "fedsllm-sampler", "fedsllm-fraction", "fedsllm-eps"
+#: Train-config key of the prototype score form (``fedsllm`` and ``cluster`` samplers only).
+SCORE_CFG = "fedsllm-score"
 
 
 def record_bytes(content: RecordDict) -> int:

@@ -8,21 +8,26 @@ the caller keeps ``prev_lambda``, e.g. in the client's state). Notation: ``t`` =
 scale-alignment ratio; ``a_t = 1`` when either loss is unknown, e.g. before the first local
 epoch), ``r_t = min(1, t / ramp_rounds)`` (linear ramp), ``beta`` in ``[0, 1)``.
 
-=====================  ===========================================================
-name                   formula
-=====================  ===========================================================
-``constant``           ``lambda_t = b``
-``scale_align``        ``lambda_t = b * a_t``  (so ``lambda_t * L_dis = b * L_rec``)
-``smooth``             ``lambda_t = beta * lambda_{t-1} + (1 - beta) * b * a_t``
-``progressive``        ``lambda_t = b * r_t``
-``smooth_progressive`` ``lambda_t = beta * lambda_{t-1} + (1 - beta) * b * r_t * a_t``
-=====================  ===========================================================
+==================================  ===========================================================
+name                                formula
+==================================  ===========================================================
+``constant``                        ``lambda_t = b``
+``scale_align``                     ``lambda_t = b * a_t``  (so ``lambda_t * L_dis = b * L_rec``)
+``smooth``                          ``lambda_t = beta * lambda_{t-1} + (1 - beta) * b * a_t``
+``progressive``                     ``lambda_t = b * r_t``
+``smooth_progressive``              ``lambda_t = beta * lambda_{t-1} + (1 - beta) * b * r_t``
+``smooth_progressive_scale_align``  ``lambda_t = beta * lambda_{t-1} + (1 - beta) * b * r_t * a_t``
+==================================  ===========================================================
 
-``smooth`` (SmoothCoef) and ``smooth_progressive`` (Smooth+Progressive, the paper default) use
-the un-smoothed target when ``prev_lambda`` is ``None`` (first round). Every result is clipped
-to ``[0, max_value]``. The exact constants of the paper are not published in a form we could
-check; these formulas are our reading of the schedule names and are documented here so results
-can be reproduced. No Flower import here.
+``smooth_progressive`` is the paper's "Ours" (smooth coefficient + progressive scale) and the
+default: the paper states no rec-loss / dis-loss ratio for it, and with that ratio lambda went
+to 0 on FedRAP and to the cap on FedNCF (docs/results.md, section 2.2). The ratio lives in
+``scale_align``, ``smooth`` and ``smooth_progressive_scale_align`` (the default before issue 14,
+kept so earlier runs can be reproduced). The smoothed schedules use the un-smoothed target when
+``prev_lambda`` is ``None`` (first round). Every result is clipped to ``[0, max_value]``. The
+exact constants of the paper are not published in a form we could check; these formulas are
+our reading of the schedule names and are documented here so results can be reproduced. No
+Flower import here.
 """
 from __future__ import annotations
 
@@ -162,7 +167,16 @@ class ProgressiveScale(_Ramped):
 
 @dataclass(frozen=True)
 class SmoothProgressive(_Ramped, _Smoothed):
-    """Smooth+Progressive (paper default):
+    """Smooth+Progressive (the paper's "Ours", default), no loss ratio:
+    ``lambda_t = beta * lambda_{t-1} + (1 - beta) * base * min(1, t / ramp_rounds)``."""
+
+    def target(self, server_round, rec_loss, dis_loss) -> float:
+        return self.base * self._ramp(server_round)
+
+
+@dataclass(frozen=True)
+class SmoothProgressiveScaleAlign(_Ramped, _Smoothed):
+    """Smooth+Progressive with the scale-alignment ratio (the default before issue 14):
     ``lambda_t = beta * lambda_{t-1} + (1 - beta) * base * min(1, t / ramp_rounds) * a_t``."""
 
     def target(self, server_round, rec_loss, dis_loss) -> float:
@@ -176,6 +190,7 @@ SCHEDULES = {
     "smooth": SmoothCoef,
     "progressive": ProgressiveScale,
     "smooth_progressive": SmoothProgressive,
+    "smooth_progressive_scale_align": SmoothProgressiveScaleAlign,
 }
 _ALIASES = {
     "constant": "constant", "const": "constant",
@@ -183,6 +198,8 @@ _ALIASES = {
     "smooth": "smooth", "smoothcoef": "smooth",
     "progressive": "progressive", "progressivescale": "progressive",
     "smoothprogressive": "smooth_progressive", "smoothprogressivescale": "smooth_progressive",
+    "ours": "smooth_progressive",
+    "smoothprogressivescalealign": "smooth_progressive_scale_align",
 }
 
 
@@ -193,8 +210,8 @@ def make_schedule(name: str, **params) -> _Schedule:
     ----------
     name : str
         One of :data:`SCHEDULES` or the paper's names (``"ScaleAlign"``, ``"SmoothCoef"``,
-        ``"ProgressiveScale"``, ``"Smooth+Progressive"``); case, ``_``, ``-``, ``+`` and spaces
-        are ignored.
+        ``"ProgressiveScale"``, ``"Smooth+Progressive"`` / ``"Ours"``); case, ``_``, ``-``,
+        ``+`` and spaces are ignored.
     **params
         Fields of the schedule: ``base``, ``max_value``, ``eps`` and, where they apply,
         ``beta`` and ``ramp_rounds``.
@@ -208,7 +225,7 @@ def make_schedule(name: str, **params) -> _Schedule:
     if key is None:
         raise ValueError(f"lambda-schedule: unknown schedule {name!r}; expected one of "
                          f"{list(SCHEDULES)} (or ScaleAlign, SmoothCoef, ProgressiveScale, "
-                         "Smooth+Progressive)")
+                         "Smooth+Progressive, Ours)")
     cls = SCHEDULES[key]
     allowed = {f.name for f in fields(cls)}
     unknown = sorted(set(params) - allowed)

@@ -19,17 +19,21 @@ Flower's. Server-side work, all without client data:
 
 Baselines at the same fraction ``S`` (``fedsllm-sampler``): ``random``, ``entropy``,
 ``margin``, ``least-confidence`` (client-side, on the model's probabilities, no payload),
-``cluster`` (K-Means centroids of the current item table as prototype vectors, refreshed on
-the same schedule, no LLM, no autoencoder) and ``base`` (every sample). The autoencoder
-initialisation belongs to FedSLLM; ``fedsllm-ae-init-baselines = true`` applies it to the
-baselines too (ablation).
+``fedselect`` and ``fale`` (client-side, see :mod:`clients.selection`), ``cluster`` (K-Means
+centroids of the current item table as prototype vectors, refreshed on the same schedule, no
+LLM) and ``base`` (every sample). The paper gives the autoencoder initialisation to all methods
+(App. B.2, section 5.1), so by default (``fedsllm-ae-init-baselines = true``) every sampler,
+``base`` and ``cluster`` included, starts from ``z_i = E_AE(x_i)`` and a comparison is about the
+selection alone; ``false`` starts the baselines from the backbone's random table (ablation).
 
 Message contract (what another Flower project's ClientApp must do), on top of the base
 contract of :mod:`strategies.base`:
 
 * train message, ``"config"`` ConfigRecord adds ``"fedsllm-sampler"`` (str, one of the
   samplers above), ``"fedsllm-fraction"`` (float ``S`` in ``(0, 1]``: share of the node's
-  training positives to train on, ``max(1, floor(S * n))``) and ``"fedsllm-eps"`` (float);
+  training positives to train on, ``max(1, floor(S * n))``), ``"fedsllm-eps"`` (float) and
+  ``"fedsllm-score"`` (str, ``"probability"`` or ``"literal"``: score form of ``fedsllm`` and
+  ``cluster``, see :func:`clients.selection.fedsllm_scores`);
 * train message, for ``fedsllm`` and ``cluster`` only: ArrayRecord ``"fedsllm"`` with
   ``"prototypes"`` float32 ``(P, d)`` (prototype embeddings ``e_j`` in item-embedding space)
   and ``"similarity"`` float32 ``(N, P)`` (``sim(i, j)`` for every item of the catalogue;
@@ -68,11 +72,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from clients.selection import PROTOTYPE_METHODS, SAMPLERS
+from clients.selection import PROTOTYPE_METHODS, SAMPLERS, SCORE_FORMS
 from fedmm.config import ConfigError, ConfigSection, RunConfig
 from strategies.aggregation import ReplyError
 from fedmm.protocol import (EPS_CFG, FEDSLLM_PAYLOAD, FRACTION_CFG, PROTOTYPE_COUNTS, PROTOTYPES,
-                            SAMPLER_CFG, SIMILARITY, TrainReply, dict_to_arrays)
+                            SAMPLER_CFG, SCORE_CFG, SIMILARITY, TrainReply, dict_to_arrays)
 from strategies.base import FedRecStrategy
 
 #: Values of ``fedsllm-llm`` that mean the packaged SmolLM2-135M-Instruct GGUF.
@@ -157,6 +161,7 @@ class FedSLLMConfig(ConfigSection):
     sampler: str
     fraction: float
     eps: float
+    score: str
     llm: str
     api_key_env: str
     llm_max_tokens: int
@@ -180,6 +185,9 @@ class FedSLLMConfig(ConfigSection):
             raise bad("fraction", "must be in (0, 1] (share of training positives kept)")
         if self.eps <= 0:
             raise bad("eps", "must be > 0")
+        if self.score not in SCORE_FORMS:
+            raise bad("score", f"choose one of {list(SCORE_FORMS)} (\"probability\": the paper's "
+                               "intent, \"literal\": Eq. 9-11 on logits and raw cosine)")
         if self.max_prototypes < 2:
             raise bad("max_prototypes", "must be >= 2")
         for name in ("proto_update_every", "llm_max_tokens", "ae_epochs", "align_epochs"):
@@ -547,7 +555,8 @@ class FedSLLM(FedRecStrategy):
         """Adds the sampler settings to the train config (see the module's message contract)."""
         s = self.settings
         config = ConfigRecord({**dict(config), SAMPLER_CFG: s.sampler,
-                               FRACTION_CFG: float(s.fraction), EPS_CFG: float(s.eps)})
+                               FRACTION_CFG: float(s.fraction), EPS_CFG: float(s.eps),
+                               SCORE_CFG: s.score})
         return super().configure_train(server_round, arrays, config, grid)
 
     def train_payload(self, server_round: int, node_ids: list[int]) -> dict[int, dict[str, Any]]:

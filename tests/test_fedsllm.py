@@ -144,10 +144,13 @@ def test_every_declared_key_is_read_and_defaults_parse():
     declared = sorted(k for k in cfg if k.startswith("fedsllm-"))
     assert declared == sorted(FedSLLMConfig.keys()) == sorted(FedSLLMConfig.KEYS)
     s = FedSLLMConfig.from_mapping(cfg)
-    assert (s.sampler, s.fraction, s.llm) == ("fedsllm", 0.1, "smollm2")
+    assert (s.sampler, s.fraction, s.llm, s.score) == ("fedsllm", 0.1, "smollm2", "probability")
     assert s.uses_prototypes and s.uses_autoencoder
-    assert not _settings(sampler="entropy").uses_autoencoder
-    assert _settings(sampler="entropy", ae_init_baselines="true").uses_autoencoder
+    # the paper's initialisation for every method by default (App. B.2), off only as ablation
+    for sampler in ("base", "random", "entropy", "cluster", "fedselect", "fale"):
+        assert _settings(sampler=sampler).uses_autoencoder, sampler
+    assert not _settings(sampler="entropy", ae_init_baselines="false").uses_autoencoder
+    assert _settings(sampler="fedsllm", ae_init_baselines="false").uses_autoencoder
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -156,6 +159,7 @@ def test_every_declared_key_is_read_and_defaults_parse():
     ("fedsllm-fraction", 1.5, r"\(0, 1\]"),
     ("fedsllm-fraction", "lots", "not a valid float"),
     ("fedsllm-eps", 0.0, "> 0"),
+    ("fedsllm-score", "logits", "choose one of.*probability.*literal"),
     ("fedsllm-max-prototypes", 1, ">= 2"),
     ("fedsllm-max-prototypes", 2.5, "not a valid int"),
     ("fedsllm-proto-update-every", 0, ">= 1"),
@@ -240,7 +244,8 @@ def test_initial_item_table_comes_from_the_autoencoder(tmp_path):
 
 def test_baselines_keep_the_table_and_load_nothing(tmp_path):
     encoder = CountingEncoder()
-    strategy, _ = _strategy(tmp_path, sampler="entropy", encoder=encoder)
+    strategy, _ = _strategy(tmp_path, sampler="entropy", encoder=encoder,
+                            ae_init_baselines="false")
     arrays = _initial_table()
     out = strategy.initial_arrays(dict(arrays))
     np.testing.assert_array_equal(out[ITEM_TABLE_KEY], arrays[ITEM_TABLE_KEY])
@@ -264,7 +269,7 @@ def test_train_messages_carry_prototypes_and_similarities(tmp_path):
         cfg = dict(msg.content["config"])
         assert cfg == {"x": 1, "server-round": 3, "aggregation": "fedavg",
                        "fedsllm-sampler": "fedsllm", "fedsllm-fraction": 0.1,
-                       "fedsllm-eps": 1e-6}
+                       "fedsllm-eps": 1e-6, "fedsllm-score": "probability"}
         payload = arrays_to_dict(msg.content["fedsllm"])
         assert payload["prototypes"].shape == (3, DIM) and payload["prototypes"].dtype == np.float32
         assert payload["similarity"].shape == (20, 3) and payload["similarity"].dtype == np.float32
@@ -359,7 +364,7 @@ def test_sum_prototype_counts():
 def test_cluster_baseline_uses_kmeans_centroids_of_the_current_table(tmp_path):
     encoder = CountingEncoder()
     strategy, _ = _strategy(tmp_path, sampler="cluster", encoder=encoder, proto_update_every=1,
-                            num_rounds=3)
+                            num_rounds=3, ae_init_baselines="false")
     arrays = _initial_table()
     out = strategy.initial_arrays(dict(arrays))
     np.testing.assert_array_equal(out[ITEM_TABLE_KEY], arrays[ITEM_TABLE_KEY])  # no AE
@@ -397,7 +402,8 @@ def _payload(p: int = 3) -> dict:
 
 def _config(sampler: str, fraction: float = 0.25, **extra) -> dict:
     return {"server-round": 1, "aggregation": "itemwise", "fedsllm-sampler": sampler,
-            "fedsllm-fraction": fraction, "fedsllm-eps": 1e-6, **extra}
+            "fedsllm-fraction": fraction, "fedsllm-eps": 1e-6, "fedsllm-score": "probability",
+            **extra}
 
 
 def _global_params() -> list[np.ndarray]:
@@ -407,7 +413,7 @@ def _global_params() -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("sampler", ["fedsllm", "cluster", "random", "entropy", "margin",
-                                     "least-confidence"])
+                                     "least-confidence", "fedselect", "fale"])
 def test_client_trains_only_on_the_selected_fraction(sampler):
     client = _client()
     payload = _payload()
@@ -420,9 +426,11 @@ def test_client_trains_only_on_the_selected_fraction(sampler):
     with torch.no_grad():
         r_items = ref.model(torch.as_tensor(ref.data.train)).numpy()
         r_protos = ref.model.score_vectors(torch.as_tensor(payload["fedsllm"]["prototypes"])).numpy()
+        features = ref.model.item_vectors(torch.as_tensor(ref.data.train)).numpy()
     rng = np.random.default_rng([0, 1, 3, 7])
     expected = select_samples(sampler, r_items, 0.25, rng=rng, r_protos=r_protos,
-                              sim=payload["fedsllm"]["similarity"][ref.data.train], eps=1e-6)
+                              sim=payload["fedsllm"]["similarity"][ref.data.train], eps=1e-6,
+                              features=features)
     new, num_examples, metrics = client.fit(params, _config(sampler))
     k = budget(N_TRAIN, 0.25)
     chosen = np.sort(client.data.train[expected.indices])
@@ -468,6 +476,70 @@ def test_coverage_and_repeat_follow_the_selections_across_rounds(sampler):
         _client().load_private_state({"fedsllm.selected-ever": np.ones(3, dtype=np.uint8)})
 
 
+def _federated_rounds(sampler: str, score: str, rounds: int = 8) -> tuple[float, float]:
+    """One client trained for ``rounds`` rounds, the model changing with its own training: each
+    round's global item table is the previous round's upload, the similarities are recomputed
+    from it (as the server does) and the private state is carried over. Returns the mean
+    ``selection-repeat`` over rounds 2.. and the last ``selection-coverage`` (the diagnostics
+    the client reports)."""
+    n_items, n_train = 200, 60
+    train = np.arange(0, 2 * n_train, 2, dtype=np.int64)
+    data = UserData(user=3, train=train, valid=1, test=3, num_items=n_items)
+    settings = _client().settings
+    protos = np.random.default_rng(5).normal(size=(4, DIM)).astype(np.float32)
+    torch.manual_seed(0)
+    params = [build_model("pfedrec", n_items, DIM).item_emb.weight.detach().numpy().copy()]
+    state, repeats, coverage = None, [], 0.0
+    for t in range(1, rounds + 1):
+        torch.manual_seed(0)
+        client = FedSLLMClient(build_model("pfedrec", n_items, DIM), data, settings)
+        if state is not None:
+            client.load_private_state(state)
+        sim = cosine_similarity_matrix(params[0], protos).astype(np.float32)
+        client.receive({"fedsllm": {"prototypes": protos, "similarity": sim}}, {})
+        params, _, metrics = client.fit(params, _config(sampler, 0.1, **{
+            "server-round": t, "aggregation": "fedavg", "fedsllm-score": score}))
+        state = client.private_state()
+        repeats += [metrics["selection-repeat"]] if "selection-repeat" in metrics else []
+        coverage = metrics["selection-coverage"]
+    return float(np.mean(repeats)), coverage
+
+
+def test_probability_score_moves_the_selection_between_rounds():
+    """The literal form keeps re-selecting the same positives as the model trains (repeat ~1,
+    coverage stays at S, as measured on ML-100K); the default form moves with the model."""
+    lit_repeat, lit_cov = _federated_rounds("fedsllm", "literal")
+    new_repeat, new_cov = _federated_rounds("fedsllm", "probability")
+    rnd_repeat, _ = _federated_rounds("random", "probability")
+    assert lit_repeat > 0.9 and lit_cov < 0.2
+    assert new_repeat < 0.5 * lit_repeat and new_repeat < rnd_repeat
+    assert new_cov > 3 * lit_cov
+
+
+def test_fedselect_keeps_its_margin_in_the_private_state():
+    client = _client()
+    _, _, m1 = client.fit(_global_params(), _config("fedselect"))
+    state = client.private_state()
+    loss, margin = state["fedsllm.fedselect-loss"], state["fedsllm.fedselect-margin"]
+    assert loss.shape == margin.shape == (N_TRAIN,) and loss.dtype == np.float32
+    # the stored loss is the trained model's per-positive BCE
+    client.model.eval()
+    with torch.no_grad():
+        logits = client.model(torch.as_tensor(client.data.train)).numpy()
+    np.testing.assert_allclose(loss, np.logaddexp(0, -logits), rtol=1e-5)
+    assert margin.min() == 0.0 and margin.max() == pytest.approx(1.0)
+    # next round: the draw is weighted by that margin (rng stream of round 2)
+    second = _client(model_seed=1)
+    second.load_private_state(state)
+    _, _, m2 = second.fit(_global_params(), _config("fedselect", **{"server-round": 2}))
+    rng = np.random.default_rng([0, 2, 3, 7])
+    expected = select_samples("fedselect", np.zeros(N_TRAIN), 0.25, rng=rng,
+                              margin=margin.astype(np.float64))
+    assert second.selection.indices.tolist() == expected.indices.tolist()
+    with pytest.raises(ValueError, match="fedselect-loss' has shape \\(3,\\)"):
+        _client().load_private_state({"fedsllm.fedselect-loss": np.ones(3, np.float32)})
+
+
 def test_selection_overlap_means_what_is_reported():
     from strategies.fedsllm import selection_overlap
     got = selection_overlap([{"selection-coverage": 0.2}, {"selection-coverage": 0.4,
@@ -499,6 +571,9 @@ def test_client_errors_are_clear():
         client.receive(bad, {})
     with pytest.raises(ValueError, match="unknown sample-selection method"):
         client.fit(_global_params(), _config("entropyy"))
+    client.receive(_payload(), {})
+    with pytest.raises(ValueError, match="'fedsllm-score' = 'logit'.*probability"):
+        client.fit(_global_params(), _config("fedsllm", **{"fedsllm-score": "logit"}))
 
 
 # ----- end to end ---------------------------------------------------------------------------

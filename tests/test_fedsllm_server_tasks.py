@@ -15,7 +15,12 @@ import torch
 from clients.selection import (
     SAMPLERS,
     budget,
+    fedselect_margin,
     fedsllm_scores,
+    leverage_scores,
+    positive_loss,
+    select_fale,
+    select_fedselect,
     prototype_counts,
     select_entropy,
     select_least_confidence,
@@ -408,7 +413,7 @@ def test_fedsllm_scores_min_over_prototypes_hand_example():
     r_protos = [0.0, 2.0]
     sim = [[0.5, 0.2], [0.4, -0.1], [0.9, 0.9]]
     # eps=1: s(0,.) = [0.5/2, 0.2/2]; s(1,.) = [0.4/1, -0.1/3]; s(2,.) = [0.9/4, 0.9/2]
-    score, jstar = fedsllm_scores(r_items, r_protos, sim, eps=1.0)
+    score, jstar = fedsllm_scores(r_items, r_protos, sim, eps=1.0, form="literal")
     np.testing.assert_allclose(score, [0.1, -0.1 / 3, 0.225])
     assert jstar.tolist() == [1, 1, 0] and jstar.dtype == np.int64
     assert prototype_counts(jstar, 2).tolist() == [1, 2]
@@ -416,10 +421,75 @@ def test_fedsllm_scores_min_over_prototypes_hand_example():
     assert select_top_fraction(score, 0.67).tolist() == [2, 0]     # floor(2.01) = 2
     assert select_top_fraction(score, 0.67, higher_is_better=False).tolist() == [1, 0]
     t_score, t_jstar = fedsllm_scores(torch.tensor(r_items, requires_grad=True),
-                                      torch.tensor(r_protos), torch.tensor(sim), eps=1.0)
+                                      torch.tensor(r_protos), torch.tensor(sim), eps=1.0,
+                                      form="literal")
     np.testing.assert_allclose(t_score, score)
     with pytest.raises(ValueError, match="expected \\(n, P\\)"):
         fedsllm_scores(r_items, r_protos, [[0.1, 0.2]])
+
+
+def test_fedsllm_probability_form_hand_example():
+    """Default form: sim on [0, 1] and the gap on probabilities; it ranks differently from the
+    literal form where logits saturate and where a cosine is negative."""
+    r_items, r_protos, sim = [8.0, 3.0, 0.1], [0.0], [[0.9], [0.5], [-0.3]]
+    # literal: 0.9 / 8.1, 0.5 / 3.1, -0.3 / 0.2
+    lit, _ = fedsllm_scores(r_items, r_protos, sim, eps=0.1, form="literal")
+    np.testing.assert_allclose(lit, [0.9 / 8.1, 0.5 / 3.1, -1.5])
+    # probability: ((cos + 1) / 2) / (|sigmoid(r) - 0.5| + 0.1)
+    sig = 1 / (1 + np.exp(-np.array(r_items)))
+    expected = np.array([0.95, 0.75, 0.35]) / (np.abs(sig - 0.5) + 0.1)
+    prob, jstar = fedsllm_scores(r_items, r_protos, sim, eps=0.1)
+    np.testing.assert_allclose(prob, expected)
+    np.testing.assert_allclose(prob, [1.58423, 1.35729, 2.80051], atol=1e-4)
+    assert select_top_fraction(lit, 1.0).tolist() == [1, 0, 2]
+    assert select_top_fraction(prob, 1.0).tolist() == [2, 0, 1]
+    # min over prototypes, as before: the second prototype (far, different prediction) decides
+    two, jstar = fedsllm_scores([0.0], [0.0, 2.0], [[0.8, -0.6]], eps=0.1)
+    s_1 = 0.2 / (1 / (1 + np.exp(-2.0)) - 0.5 + 0.1)
+    np.testing.assert_allclose(two, [s_1])
+    assert jstar.tolist() == [1]
+    with pytest.raises(ValueError, match="unknown FedSLLM score form 'logit'"):
+        fedsllm_scores(r_items, r_protos, sim, form="logit")
+
+
+def test_fedselect_margin_and_draws_hand_example():
+    # loss decrease [0.5, 0, 2] -> min-max [0.25, 0, 1]
+    np.testing.assert_allclose(fedselect_margin([1, 2, 3], [0.5, 2, 1]), [0.25, 0.0, 1.0])
+    # momentum 0.9 with previous [1, 0, 0]: [0.925, 0, 0.1] -> min-max [1, 0, 0.1 / 0.925]
+    np.testing.assert_allclose(fedselect_margin([1, 2, 3], [0.5, 2, 1], [1.0, 0.0, 0.0]),
+                               [1.0, 0.0, 0.1 / 0.925])
+    assert fedselect_margin([1, 1], [0, 0]).tolist() == [0.0, 0.0]  # all moved alike
+    np.testing.assert_allclose(positive_loss([0.0, 30.0, -30.0]), [np.log(2), 0.0, 30.0],
+                               atol=1e-12)
+    # the samples whose loss fell most are drawn (others have weight ~1e-6)
+    margin = np.zeros(20)
+    margin[[3, 11]] = [1.0, 0.8]
+    for seed in range(20):
+        assert select_fedselect(margin, 0.1, seed).tolist() == [3, 11]
+    # first round (no margin): uniform, exactly the Random sampler's draw
+    assert select_fedselect(20, 0.1, 4).tolist() == select_random(20, 0.1, 4).tolist()
+    # frequencies follow the weights: 0.75 vs 0.25 for one draw among two
+    picks = [select_fedselect(np.array([0.75, 0.25]), 0.5, s)[0] for s in range(4000)]
+    assert np.mean(np.array(picks) == 0) == pytest.approx(0.75, abs=0.03)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        select_fedselect(np.array([2.0, 0.0]), 0.5, 0)
+
+
+def test_fale_leverage_scores_and_draws_hand_example():
+    # e1 appears once (leverage 1), e2 three times (1/3 each), zero rows have leverage 0
+    x = np.array([[1, 0], [0, 1], [0, 1], [0, 1], [0, 0], [0, 0]], dtype=float)
+    h = leverage_scores(x)
+    np.testing.assert_allclose(h, [1, 1 / 3, 1 / 3, 1 / 3, 0, 0], atol=1e-12)
+    assert h.sum() == pytest.approx(2.0)  # = rank
+    # invariant to an invertible change of basis of the features
+    np.testing.assert_allclose(leverage_scores(x @ np.array([[2.0, 1.0], [0.5, -3.0]])), h,
+                               atol=1e-12)
+    picks = np.array([select_fale(x, 1 / 6, s)[0] for s in range(3000)])
+    assert not np.isin(picks, [4, 5]).any()  # zero leverage: never drawn
+    assert np.mean(picks == 0) == pytest.approx(0.5, abs=0.03)  # 1 / (1 + 3 * 1/3)
+    two = select_fale(x, 2 / 6, 1)
+    assert len(set(two.tolist())) == 2 and two.tolist() == sorted(two.tolist())
+    assert leverage_scores(np.zeros((3, 2))).tolist() == [0.0, 0.0, 0.0]
 
 
 def test_counts_sum_to_n_and_budget_rule():
@@ -454,16 +524,29 @@ def test_uncertainty_and_random_baselines_hand_example():
 def test_select_samples_registry():
     logits = np.array([3.0, 0.0, -1.5, 0.6, -5.0])
     assert set(SAMPLERS) == {"base", "random", "entropy", "margin", "least-confidence",
-                             "fedsllm", "cluster"}
+                             "fedsllm", "cluster", "fedselect", "fale"}
     assert select_samples("entropy", logits, 0.4).indices.tolist() == [1, 3]
     assert select_samples("base", logits, 0.1).indices.tolist() == [0, 1, 2, 3, 4]
     assert len(select_samples("random", logits, 0.4, rng=0).indices) == 2
     sel = select_samples("fedsllm", [1.0, 0.0, 3.0], 0.67, r_protos=[0.0, 2.0],
-                         sim=[[0.5, 0.2], [0.4, -0.1], [0.9, 0.9]], eps=1.0)
+                         sim=[[0.5, 0.2], [0.4, -0.1], [0.9, 0.9]], eps=1.0, score="literal")
     assert sel.indices.tolist() == [2, 0] and sel.counts.tolist() == [1, 2]
     assert select_samples("cluster", [1.0, 0.0, 3.0], 0.67, r_protos=[0.0, 2.0],
-                          sim=[[0.5, 0.2], [0.4, -0.1], [0.9, 0.9]], eps=1.0).jstar.tolist() \
-        == [1, 1, 0]
+                          sim=[[0.5, 0.2], [0.4, -0.1], [0.9, 0.9]], eps=1.0,
+                          score="literal").jstar.tolist() == [1, 1, 0]
+    default = select_samples("fedsllm", [8.0, 3.0, 0.1], 0.34, r_protos=[0.0],
+                             sim=[[0.9], [0.5], [-0.3]], eps=0.1)
+    assert default.indices.tolist() == [2]  # the probability form is the default
+    fale = select_samples("fale", logits, 0.2, rng=0,
+                          features=[[1, 0], [0, 0], [0, 0], [0, 0], [0, 0]])
+    assert fale.indices.tolist() == [0]
+    margin = np.array([0.0, 0.0, 0.0, 1.0, 0.0])
+    assert select_samples("fedselect", logits, 0.2, rng=0, margin=margin).indices.tolist() == [3]
+    assert len(select_samples("fedselect", logits, 0.4, rng=0).indices) == 2
+    with pytest.raises(ValueError, match="FALE selection needs features"):
+        select_samples("fale", logits, 0.1)
+    with pytest.raises(ValueError, match="margin has 2 entries for 5"):
+        select_samples("fedselect", logits, 0.1, margin=[0.0, 1.0])
     with pytest.raises(ValueError, match="unknown sample-selection method 'entropyy'"):
         select_samples("entropyy", logits, 0.1)
     with pytest.raises(ValueError, match="r_protos"):

@@ -163,13 +163,34 @@ def test_config_missing_key():
         GFMFRConfig.from_mapping(cfg)
 
 
-@pytest.mark.parametrize("name,expected", [("constant", "constant"), ("scale-align", "scale_align"),
-                                           ("smooth", "smooth"), ("progressive", "progressive"),
-                                           ("smooth-progressive", "smooth_progressive")])
-def test_all_five_schedules(name, expected):
-    cfg = settings(**{"gfmfr-lambda-schedule": name, "gfmfr-lambda": 0.5})
+# Hand-computed: b = 0.2, beta = 0.5, ramp 10 rounds, cap 1. At t = 3 with L_rec = 0.6,
+# L_dis = 0.2 (a_t = 3, r_t = 0.3) and lambda_{t-1} = 0.4; then at t = 20 (r_t = 1) with
+# L_rec = 0.1, L_dis = 0.4 (a_t = 0.25) and lambda_{t-1} = 0.3.
+@pytest.mark.parametrize("name,expected,at3,at20", [
+    ("constant", "constant", 0.2, 0.2),
+    ("scale-align", "scale_align", 0.2 * 3, 0.2 * 0.25),
+    ("smooth", "smooth", 0.5 * 0.4 + 0.5 * 0.2 * 3, 0.5 * 0.3 + 0.5 * 0.2 * 0.25),
+    ("progressive", "progressive", 0.2 * 0.3, 0.2),
+    ("smooth-progressive", "smooth_progressive", 0.5 * 0.4 + 0.5 * 0.2 * 0.3,
+     0.5 * 0.3 + 0.5 * 0.2),
+    ("smooth-progressive-scale-align", "smooth_progressive_scale_align",
+     0.5 * 0.4 + 0.5 * 0.2 * 0.3 * 3, 0.5 * 0.3 + 0.5 * 0.2 * 0.25),
+])
+def test_all_schedules(name, expected, at3, at20):
+    cfg = settings(**{"gfmfr-lambda-schedule": name, "gfmfr-lambda": 0.2,
+                      "gfmfr-lambda-beta": 0.5, "gfmfr-lambda-ramp": 10, "gfmfr-lambda-max": 1.0})
     assert cfg.schedule_name() == expected
-    assert 0.0 <= cfg.make_schedule()(3, 0.6, 0.2, 0.4) <= cfg.lambda_max
+    schedule = cfg.make_schedule()
+    assert schedule(3, 0.6, 0.2, 0.4) == pytest.approx(at3, abs=1e-12)
+    assert schedule(20, 0.1, 0.4, 0.3) == pytest.approx(at20, abs=1e-12)
+
+
+def test_default_schedule_is_the_papers_without_the_loss_ratio():
+    schedule = settings().make_schedule()  # pyproject defaults
+    assert settings().schedule_name() == "smooth_progressive"
+    # the losses do not enter: the same lambda whatever the rec/dis ratio
+    assert schedule(7, 0.6, 0.2, 0.05) == schedule(7, 5.0, 0.001, 0.05) == \
+        schedule(7, None, None, 0.05)
 
 
 # ------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from server_tasks.clustering import GroupTracker, cluster_clients, group_centroi
 from server_tasks.fusion import FUSION_KINDS, fuse, group_targets, make_fusion, train_fusion
 from server_tasks.group_pref import average_state, group_preference
 from server_tasks.lambda_schedules import (Constant, ProgressiveScale, ScaleAlign, SmoothCoef,
-                                           SmoothProgressive, make_schedule)
+                                           SmoothProgressive, SmoothProgressiveScaleAlign,
+                                           make_schedule)
 from server_tasks.plots import plot_group_dynamics
 from server_tasks.text_encoder import EncoderError, encode_texts
 
@@ -438,8 +439,13 @@ def test_lambda_schedules_hand_computed():
     assert smooth(3, 2.0, 4.0, prev_lambda=None) == pytest.approx(0.25)
     prog = ProgressiveScale(base=2.0, ramp_rounds=10)
     assert [prog(t) for t in (0, 5, 10, 20)] == pytest.approx([0.0, 1.0, 2.0, 2.0])
-    sp = SmoothProgressive(base=2.0, beta=0.5, ramp_rounds=10)
-    assert sp(5, rec_loss=1.0, dis_loss=2.0, prev_lambda=0.4) == pytest.approx(0.45)
+    sp = SmoothProgressive(base=2.0, beta=0.5, ramp_rounds=10)  # no loss ratio
+    assert sp(5, rec_loss=1.0, dis_loss=2.0, prev_lambda=0.4) == pytest.approx(0.5 * 0.4 + 0.5 * 1.0)
+    assert sp(5, prev_lambda=None) == pytest.approx(1.0)
+    spa = SmoothProgressiveScaleAlign(base=2.0, beta=0.5, ramp_rounds=10)
+    assert spa(5, rec_loss=1.0, dis_loss=2.0, prev_lambda=0.4) == pytest.approx(0.45)
+    assert isinstance(make_schedule("Ours"), SmoothProgressive)
+    assert isinstance(make_schedule("smooth-progressive-scale-align"), SmoothProgressiveScaleAlign)
     assert ScaleAlign(base=1.0, max_value=10.0)(1, 1.0, 0.0) == 10.0  # clipped
     assert isinstance(make_schedule("Smooth+Progressive", beta=0.8), SmoothProgressive)
     assert isinstance(make_schedule("ScaleAlign"), ScaleAlign)
