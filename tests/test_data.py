@@ -108,3 +108,21 @@ def test_eval_negatives_fixed_distinct_and_unseen():
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert len(set(a.tolist())) == 10 and not np.isin(a, interacted).any()
     assert eval_negatives(7, 20, interacted, 99, seed=1).size == 16  # capped by what exists
+
+
+GOOD_ITEM = "1|Toy Story (1995)|01-Jan-1995||http://x|" + "|".join(["0"] * 18 + ["1"]) + "\n"
+
+
+@pytest.mark.parametrize("u_data, u_item, message", [
+    ("1\t2\t5\n", GOOD_ITEM, r"u.data: expected 4 '\\t'-separated columns .*found 3"),
+    ("1,2,5,100\n", GOOD_ITEM, r"u.data: expected 4 .*found 1 \(the first line looks ','-separated\)"),
+    ("", GOOD_ITEM, r"u.data: the file is empty"),
+    ("1\t2\t5\t100\n", "", r"u.item: the file is empty"),
+    ("1\t2\t5\t100\n", GOOD_ITEM.replace("|1\n", "|yes\n"),
+     r"u.item: genre flag 'Western' of movie '1' \(line 1\) is 'yes'; genre flags must be 0 or 1"),
+])
+def test_malformed_grouplens_files_get_a_clear_error(tmp_path, u_data, u_item, message):
+    (tmp_path / "u.data").write_text(u_data)
+    (tmp_path / "u.item").write_text(u_item)
+    with pytest.raises(DataError, match=message):
+        load_raw(f"grouplens:{tmp_path}")

@@ -121,6 +121,36 @@ def _title_year(title: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return clean, pd.to_numeric(ext[1], errors="coerce").to_numpy(dtype=float)
 
 
+def _read_table(path: Path, sep: str, columns: list[str], what: str, **kwargs) -> pd.DataFrame:
+    """Read a headerless ``sep``-separated file that must have exactly ``len(columns)``
+    columns, with an error naming the file, the separator and what was found.
+
+    Raises
+    ------
+    DataError
+        Empty file, or a line with another number of fields.
+    """
+    engine = "python" if len(sep) > 1 else "c"
+    try:
+        df = pd.read_csv(path, sep=sep, header=None, dtype=str, engine=engine, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; it must hold {what}") from None
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path}: lines have different numbers of {sep!r}-separated fields "
+                        f"({exc}); every line must have {len(columns)}: {what}") from None
+    if df.shape[1] != len(columns):
+        sample = path.open(encoding=kwargs.get("encoding", "utf-8"), errors="replace").readline().rstrip("\n")
+        hint = ""
+        for other in ("\t", ",", "|", "::", ";"):
+            if other != sep and other in sample:
+                hint = f" (the first line looks {other!r}-separated)"
+                break
+        raise DataError(f"{path}: expected {len(columns)} {sep!r}-separated columns ({what}), found "
+                        f"{df.shape[1]}{hint}; first line: {sample[:80]!r}")
+    df.columns = columns
+    return df
+
+
 def load_grouplens(directory: str | Path) -> RawData:
     """A local GroupLens MovieLens directory: 100K layout (``u.data``, ``u.item``) or 1M layout
     (``ratings.dat``, ``movies.dat``)."""
@@ -128,16 +158,22 @@ def load_grouplens(directory: str | Path) -> RawData:
     if not d.is_dir():
         raise DataError(f"dataset 'grouplens:{directory}': directory not found")
     if (d / "u.data").is_file():
-        inter = pd.read_csv(d / "u.data", sep="\t", header=None,
-                            names=["user_id", "item_id", "rating", "timestamp"], dtype=str)
+        inter = _read_table(d / "u.data", "\t", ["user_id", "item_id", "rating", "timestamp"],
+                            "user id, item id, rating, timestamp")
         item_path = d / "u.item"
         if not item_path.is_file():
             raise DataError(f"{item_path}: not found; the 100K layout needs u.data and u.item")
-        raw_items = pd.read_csv(item_path, sep="|", header=None, encoding="latin-1", dtype=str)
-        if raw_items.shape[1] != 5 + len(_GENRES_100K):
-            raise DataError(f"{item_path}: expected {5 + len(_GENRES_100K)} '|'-separated columns, "
-                            f"found {raw_items.shape[1]}")
-        flags = raw_items.iloc[:, 5:].astype(int).to_numpy()
+        raw_items = _read_table(item_path, "|", list(range(5 + len(_GENRES_100K))),
+                                f"movie id, title, release date, video date, URL and "
+                                f"{len(_GENRES_100K)} genre flags", encoding="latin-1")
+        flag_text = raw_items.iloc[:, 5:].fillna("")
+        bad = ~flag_text.isin(["0", "1"])
+        if bad.to_numpy().any():
+            row, col = map(int, np.argwhere(bad.to_numpy())[0])
+            raise DataError(f"{item_path}: genre flag '{_GENRES_100K[col]}' of movie "
+                            f"{raw_items.iloc[row, 0]!r} (line {row + 1}) is "
+                            f"{flag_text.iloc[row, col]!r}; genre flags must be 0 or 1")
+        flags = flag_text.astype(int).to_numpy()
         genres = ["|".join(g for g, f in zip(_GENRES_100K, row) if f) for row in flags]
         title, year = _title_year(raw_items[1].fillna(""))
         items = pd.DataFrame({"title": title, "year": year, "genres": genres, "description": "",
@@ -145,13 +181,13 @@ def load_grouplens(directory: str | Path) -> RawData:
         source = d / "u.data"
         name = "grouplens-100k"
     elif (d / "ratings.dat").is_file():
-        inter = pd.read_csv(d / "ratings.dat", sep="::", header=None, engine="python",
-                            names=["user_id", "item_id", "rating", "timestamp"], dtype=str)
+        inter = _read_table(d / "ratings.dat", "::", ["user_id", "item_id", "rating", "timestamp"],
+                            "UserID::MovieID::Rating::Timestamp")
         movie_path = d / "movies.dat"
         if not movie_path.is_file():
             raise DataError(f"{movie_path}: not found; the 1M layout needs ratings.dat and movies.dat")
-        movies = pd.read_csv(movie_path, sep="::", header=None, engine="python", encoding="latin-1",
-                             names=["item_id", "title", "genres"], dtype=str)
+        movies = _read_table(movie_path, "::", ["item_id", "title", "genres"],
+                             "MovieID::Title::Genres", encoding="latin-1")
         title, year = _title_year(movies["title"].fillna(""))
         items = pd.DataFrame({"title": title, "year": year, "genres": movies["genres"].fillna(""),
                               "description": "", "image": ""},
