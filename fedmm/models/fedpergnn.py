@@ -152,11 +152,13 @@ class FedPerGNN(FedRecModel):
         PFedRec family's update with a 10x smaller item-table rate: each batch's gradient also
         reaches every neighbour row through the graph layer, and the family's full rate
         (``lr_eta = 80``) diverged on ML-100K (training loss > 200 within 100 rounds), and a
-        user-vector rate of 8 made the loss jump at round 60. SGD on the item table at
+        user-vector rate of 8 made the loss jump at round 60; with each user's vector drawn
+        at its own random start (``same-init = false``) a rate of 1 diverged too (loss > 4 by
+        round 20 of a 200-round run). SGD on the item table at
         ``item_table_lr(num_items, eta=8)``, on the graph layer at ``0.1`` and on the user
-        vector at ``1``. Measured in short probes (docs/results.md, section 1)."""
+        vector at ``0.1``. Measured in short probes (docs/results.md, section 1.1)."""
         return {"items": GroupOptim("sgd", item_table_lr(self.num_items, eta=8.0)),
-                "shared": GroupOptim("sgd", 0.1), "private": GroupOptim("sgd", 1.0)}
+                "shared": GroupOptim("sgd", 0.1), "private": GroupOptim("sgd", 0.1)}
 
     def score_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Logits ``<h_u, v>``: float ``(batch, dim)`` -> float ``(batch,)``."""
