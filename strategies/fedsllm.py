@@ -282,7 +282,7 @@ def cached_text_embeddings(texts: list[str], dataset_key: str, encoder_tag: str,
     encode_fn : callable
         ``list[str] -> float (N, D)``.
     cache_dir : str, pathlib.Path or None
-        Root of :class:`server_tasks.encoders.ModalityCache`; ``None`` disables caching.
+        Root of :class:`server_tasks.modality_cache.ModalityCache`; ``None`` disables caching.
 
     Returns
     -------
@@ -291,7 +291,7 @@ def cached_text_embeddings(texts: list[str], dataset_key: str, encoder_tag: str,
     hit : bool
         Whether they came from the cache.
     """
-    from server_tasks.encoders import ModalityCache
+    from server_tasks.modality_cache import ModalityCache
 
     def encode() -> np.ndarray:
         x = np.asarray(encode_fn(list(texts)), dtype=np.float32)
@@ -667,6 +667,6 @@ class FedSLLM(FedRecStrategy):
 
 def _encoder_tag(text_encoder: str) -> str:
     """Cache tag of the ``fedsllm-text-encoder`` value (shared with GFMFR's text cache tags)."""
-    from server_tasks.encoders import EncoderConfig
+    from server_tasks.modality_cache import EncoderConfig
 
     return EncoderConfig(text_model=text_encoder or None).encoder_tag("text")

@@ -76,7 +76,7 @@ from fedmm.config import ConfigError, ConfigSection, comma_list
 from fedmm.models.base import FedRecModel
 from server_tasks.clustering import METHODS as CLUSTER_METHODS
 from server_tasks.clustering import GroupTracker
-from server_tasks.encoders import MODALITIES, EncoderConfig, cached_modalities
+from server_tasks.modality_cache import MODALITIES, EncoderConfig, cached_modalities
 from server_tasks.fusion import FUSION_KINDS, fuse, group_targets, make_fusion, train_fusion
 from server_tasks.group_pref import average_state, group_preference
 from server_tasks.lambda_schedules import SCHEDULES, make_schedule
@@ -169,7 +169,7 @@ GFMFRConfig.KEYS = tuple(GFMFRConfig.keys())
 def text_view(items: pd.DataFrame) -> pd.DataFrame:
     """Items whose text modality reads ``title. genres. released YEAR. description``.
 
-    :func:`server_tasks.encoders.item_texts` embeds ``title. description``; this copy puts the
+    :func:`server_tasks.modality_cache.item_texts` embeds ``title. description``; this copy puts the
     genres and the release year in front of the description (MovieLens has no description).
 
     Parameters

@@ -18,7 +18,7 @@ from e2e_util import finals, run_app
 from fedmm.config import ConfigError, load_app_config
 from fedmm.data.split import UserData
 from fedmm.models import build_model
-from server_tasks import encoders as enc
+from server_tasks import modality_cache as enc
 from server_tasks.fusion import fuse
 from strategies.aggregation import ReplyError
 from strategies.base import dict_to_arrays
