@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from server_tasks.item_text import split_genres
+
 def _year_token(year) -> str | None:
     try:
         y = float(year)
@@ -39,8 +41,7 @@ def kg_meta_tokens(items_df: pd.DataFrame, kg_df: pd.DataFrame | None) -> list[l
     tokens: list[list[str]] = [[] for _ in range(n)]
     if "genres" in items_df.columns:
         for i, genres in enumerate(items_df["genres"].tolist()):
-            if isinstance(genres, str):
-                tokens[i].extend(f"genre:{g.strip()}" for g in genres.split("|") if g.strip())
+            tokens[i].extend(f"genre:{g}" for g in split_genres(genres, ignored=frozenset()))
     if "year" in items_df.columns:
         for i, year in enumerate(items_df["year"].tolist()):
             tok = _year_token(year)

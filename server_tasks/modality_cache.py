@@ -2,7 +2,9 @@
 
 :class:`ModalityCache` / :func:`cached_modalities` — each modality cached as ``.npy`` keyed by
 dataset, modality, encoder and a hash of the encoder's inputs (item titles included), so a
-different item set never reads a stale cache. The encoders are
+different item set never reads a stale cache; :func:`cached_text_embeddings` caches FedSLLM's
+item-text embeddings the same way; :func:`item_modalities` builds GFMFR's tables from the
+modalities a dataset has. The encoders are
 :func:`server_tasks.text_encoder.encode_texts`, :func:`server_tasks.image_encoder.encode_images`
 and :func:`server_tasks.kg_encoder.encode_kg_meta`. No Flower import here.
 """
@@ -12,14 +14,16 @@ import hashlib
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from fedmm.config import ConfigError
 from server_tasks.image_encoder import encode_images
+from server_tasks.item_text import GFMFR_TEXT, ItemTextRecipe, item_texts
 from server_tasks.kg_encoder import encode_kg_meta
 from server_tasks.text_encoder import encode_texts
 
@@ -95,17 +99,8 @@ def _safe_name(text: str) -> str:
     return safe
 
 
-def item_texts(items_df: pd.DataFrame) -> list[str]:
-    """Text of each item: ``title`` plus ``". " + description`` when there is one."""
-    titles = items_df["title"].fillna("").astype(str).str.strip().tolist()
-    if "description" in items_df.columns:
-        descs = items_df["description"].fillna("").astype(str).str.strip().tolist()
-    else:
-        descs = [""] * len(titles)
-    return [f"{t}. {d}" if t and d else (t or d) for t, d in zip(titles, descs)]
-
-
-def _content_hash(items_df: pd.DataFrame, kg_df: pd.DataFrame | None, modality: str) -> str:
+def _content_hash(items_df: pd.DataFrame, kg_df: pd.DataFrame | None, modality: str,
+                  text_recipe: ItemTextRecipe) -> str:
     """SHA-1 (12 hex) of the titles plus every input the modality's encoder reads."""
     h = hashlib.sha1()
 
@@ -118,7 +113,7 @@ def _content_hash(items_df: pd.DataFrame, kg_df: pd.DataFrame | None, modality: 
     feed([len(items_df)])
     feed(items_df["title"].fillna("").astype(str))
     if modality == "text":
-        feed(item_texts(items_df))
+        feed(item_texts(items_df, text_recipe))
     elif modality == "image":
         feed(items_df["image"].fillna("").astype(str))
     elif modality == "kg":
@@ -181,9 +176,10 @@ class ModalityCache:
 
 
 def _encode_modality(modality: str, items_df: pd.DataFrame, kg_df: pd.DataFrame | None,
-                     cfg: EncoderConfig) -> tuple[np.ndarray, np.ndarray]:
+                     cfg: EncoderConfig,
+                     text_recipe: ItemTextRecipe) -> tuple[np.ndarray, np.ndarray]:
     if modality == "text":
-        texts = item_texts(items_df)
+        texts = item_texts(items_df, text_recipe)
         features = encode_texts(texts, model=cfg.text_model, device=cfg.device)
         mask = np.array([bool(t) for t in texts], dtype=bool)
         features[~mask] = 0.0
@@ -197,7 +193,8 @@ def _encode_modality(modality: str, items_df: pd.DataFrame, kg_df: pd.DataFrame 
 
 def cached_modalities(dataset_key: str, items_df: pd.DataFrame, kg_df: pd.DataFrame | None,
                       modalities: list[str], encoders: EncoderConfig | Mapping | None,
-                      cache_dir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                      cache_dir, text_recipe: ItemTextRecipe = GFMFR_TEXT
+                      ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Encode (or load from cache) each requested item modality.
 
     Parameters
@@ -215,6 +212,9 @@ def cached_modalities(dataset_key: str, items_df: pd.DataFrame, kg_df: pd.DataFr
         Encoder per modality (``None`` = defaults).
     cache_dir : str or os.PathLike
         Root of the cache.
+    text_recipe : ItemTextRecipe, default :data:`server_tasks.item_text.GFMFR_TEXT`
+        How the text modality's item texts are written (:func:`server_tasks.item_text.item_texts`);
+        an item whose text is empty is masked out.
 
     Returns
     -------
@@ -234,10 +234,10 @@ def cached_modalities(dataset_key: str, items_df: pd.DataFrame, kg_df: pd.DataFr
     result: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for modality in dict.fromkeys(modalities):
         paths = cache.paths(dataset_key, modality, cfg.encoder_tag(modality),
-                            _content_hash(items_df, kg_df, modality))
+                            _content_hash(items_df, kg_df, modality, text_recipe))
         entry = cache.load(paths, len(items_df))
         if entry is None:
-            entry = _encode_modality(modality, items_df, kg_df, cfg)
+            entry = _encode_modality(modality, items_df, kg_df, cfg, text_recipe)
             cache.save(paths, *entry)
         if not entry[1].any():
             warnings.warn(f"modality {modality!r} of {dataset_key!r} is missing for every item; "
@@ -245,3 +245,119 @@ def cached_modalities(dataset_key: str, items_df: pd.DataFrame, kg_df: pd.DataFr
                           stacklevel=2)
         result[modality] = entry
     return result
+
+
+def cached_text_embeddings(texts: list[str], dataset_key: str, encoder_tag: str,
+                           encode_fn: Callable[[list[str]], np.ndarray],
+                           cache_dir: str | Path | None) -> tuple[np.ndarray, bool]:
+    """Embed ``texts`` or load them from the modality cache.
+
+    Parameters
+    ----------
+    texts : list of str
+        ``N`` item texts (:func:`server_tasks.item_text.item_texts`).
+    dataset_key : str
+        Dataset name as in the run config (part of the cache path).
+    encoder_tag : str
+        Filename-safe encoder name (part of the cache key).
+    encode_fn : callable
+        ``list[str] -> float (N, D)``.
+    cache_dir : str, pathlib.Path or None
+        Root of :class:`ModalityCache`; ``None`` disables caching.
+
+    Returns
+    -------
+    features : numpy.ndarray
+        float32, shape ``(N, D)``.
+    hit : bool
+        Whether they came from the cache.
+    """
+    def encode() -> np.ndarray:
+        x = np.asarray(encode_fn(list(texts)), dtype=np.float32)
+        if x.ndim != 2 or x.shape[0] != len(texts):
+            raise ValueError(f"text encoder returned shape {x.shape} for {len(texts)} texts")
+        return x
+
+    if cache_dir is None:
+        return encode(), False
+    digest = hashlib.sha1("\x1e".join(texts).encode("utf-8")).hexdigest()[:12]
+    cache = ModalityCache(cache_dir)
+    paths = cache.paths(dataset_key, "fedsllm-text", encoder_tag, f"{len(texts)}-{digest}")
+    entry = cache.load(paths, len(texts))
+    if entry is not None:
+        return entry[0], True
+    x = encode()
+    cache.save(paths, x, np.ones(len(texts), dtype=bool))
+    return x, False
+
+
+def _unavailable(modality: str, items: pd.DataFrame, kg: pd.DataFrame | None) -> str:
+    """Why ``modality`` cannot be built from this dataset ("" when it can)."""
+    def any_text(col: str) -> bool:
+        return bool(items[col].fillna("").astype(str).str.strip().ne("").any())
+
+    if modality == "image" and not any_text("image"):
+        return "the dataset has no item images"
+    if modality == "text" and not (any_text("title") or any_text("description")):
+        return "the dataset has no item titles or descriptions"
+    if modality == "kg" and kg is None and not any_text("genres") and not items["year"].notna().any():
+        return "the dataset has no knowledge graph, genres or years"
+    return ""
+
+
+def item_modalities(dataset_key: str, items: pd.DataFrame, kg: pd.DataFrame | None,
+                    modalities: Sequence[str], encoders: EncoderConfig, cache_dir: str | Path
+                    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
+    """GFMFR's item-modality tables: encode (or read from cache) the requested modalities the
+    dataset has.
+
+    Parameters
+    ----------
+    dataset_key : str
+        Dataset name of the run config (part of the cache key).
+    items : pandas.DataFrame
+        Item side information, internal order (``fedmm.data.split.ItemSide.items``).
+    kg : pandas.DataFrame or None
+        Knowledge-graph triples with internal item indices.
+    modalities : sequence of str
+        The requested modalities (``gfmfr-modalities``), a subset of :data:`MODALITIES`.
+    encoders : EncoderConfig
+        Encoder of each modality (seed of the KG/metadata SVD, device).
+    cache_dir : str or os.PathLike
+        Root of the modality cache.
+
+    Returns
+    -------
+    tables : dict
+        ``modality -> (features float32 (N, d_m), mask bool (N,))`` of the modalities used; the
+        text modality reads :data:`server_tasks.item_text.GFMFR_TEXT`.
+    notes : dict
+        ``modality -> reason`` for every requested modality that was dropped or degraded (the
+        caller logs them).
+
+    Raises
+    ------
+    ConfigError
+        No requested modality is available (names ``gfmfr-modalities``).
+    """
+    notes: dict[str, str] = {}
+    usable = []
+    for m in modalities:
+        why = _unavailable(m, items, kg)
+        if why:
+            notes[m] = f"dropped: {why}"
+        else:
+            usable.append(m)
+    if "kg" in usable and kg is None:
+        notes["kg"] = "no knowledge graph: genres and release year only"
+    tables = cached_modalities(dataset_key, items, kg, usable, encoders, cache_dir,
+                               text_recipe=GFMFR_TEXT) if usable else {}
+    for m in list(tables):
+        if not tables[m][1].any():
+            notes[m] = "dropped: missing for every item"
+            del tables[m]
+    if not tables:
+        raise ConfigError(f"run-config key 'gfmfr-modalities' = {','.join(modalities)!r}: "
+                          f"none is available for dataset {dataset_key!r} ({notes}); add one the "
+                          f"dataset has (text needs titles, kg needs a KG, genres or years)")
+    return tables, notes

@@ -5,9 +5,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from server_tasks.averaging import ReplyError
 
-class ReplyError(ValueError):
-    """A client reply cannot be aggregated; the message says which reply and why."""
+__all__ = ["ReplyError", "better", "check_reply_arrays", "itemwise_average", "mean_metrics",
+           "weighted_average"]
 
 
 def weighted_average(states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> dict[str, np.ndarray]:

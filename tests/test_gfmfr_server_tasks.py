@@ -18,6 +18,7 @@ from server_tasks import modality_cache as enc
 from server_tasks.clustering import GroupTracker, cluster_clients, group_centroids, match_groups
 from server_tasks.fusion import FUSION_KINDS, fuse, group_targets, make_fusion, train_fusion
 from server_tasks.group_pref import average_state, group_preference
+from server_tasks.item_text import ItemTextRecipe
 from server_tasks.lambda_schedules import (Constant, ProgressiveScale, ScaleAlign, SmoothCoef,
                                            SmoothProgressive, make_schedule)
 from server_tasks.plots import plot_group_dynamics
@@ -190,20 +191,22 @@ def test_cached_modalities_second_call_reads_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(enc, "encode_texts", fake_text)
     items = _items(["A", "B", "", "D"])
     items.loc[2, "title"] = ""
+    title_only = ItemTextRecipe(parts=("title", "description"))
     out = enc.cached_modalities("ml-100k", items, None, ["text", "kg"],
-                                {"text-encoder": "", "kg-dim": 8}, tmp_path)
+                                {"text-encoder": "", "kg-dim": 8}, tmp_path, title_only)
     assert len(calls) == 1
     feats, mask = out["text"]
     assert mask.tolist() == [True, True, False, True] and not feats[2].any()
     assert out["kg"][0].shape == (4, 8)
     assert len(list((tmp_path / "ml-100k").glob("*.npy"))) == 4
     again = enc.cached_modalities("ml-100k", items, None, ["text", "kg"],
-                                  {"text-encoder": "", "kg-dim": 8}, tmp_path)
+                                  {"text-encoder": "", "kg-dim": 8}, tmp_path, title_only)
     assert len(calls) == 1  # read from disk, encoder not called again
     for m in ("text", "kg"):
         np.testing.assert_array_equal(again[m][0], out[m][0])
         np.testing.assert_array_equal(again[m][1], out[m][1])
-    enc.cached_modalities("ml-100k", _items(["A", "B", "C", "E"]), None, ["text"], None, tmp_path)
+    enc.cached_modalities("ml-100k", _items(["A", "B", "C", "E"]), None, ["text"], None, tmp_path,
+                          title_only)
     assert len(calls) == 2  # different item set: new cache entry, never the stale one
     with pytest.raises(ValueError, match="unknown modalities"):
         enc.cached_modalities("x", items, None, ["audio"], None, tmp_path)

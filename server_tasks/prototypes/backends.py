@@ -5,6 +5,9 @@
 * :class:`OpenAICompatible` — ``POST {base_url}/v1/chat/completions`` with the standard library;
 * :class:`ClusterPrototypes` — K-Means centroids of the item embeddings (the no-LLM baseline).
 
+:func:`parse_llm_spec` reads the ``fedsllm-llm`` run-config value and :func:`make_generator`
+builds the backend a FedSLLM run asks for.
+
 No Flower import here.
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedmm.config import ConfigError
 from server_tasks.prototypes.errors import PrototypeBackendError
 from server_tasks.prototypes.parsing import drop_cut_entry, parse_prototypes
 from server_tasks.prototypes.prompts import (SYSTEM_PROMPT, _check_max, initial_prompt,
@@ -458,3 +462,101 @@ class ClusterPrototypes(PrototypeGenerator):
                                                "embeddings (request.item_embeddings)")
         names, vectors = self.fit(request.item_embeddings, request.max_prototypes)
         return PrototypeProposal(names, vectors=vectors)
+
+
+# ----- the ``fedsllm-llm`` value and the backend it names -------------------------------
+#: Values of ``fedsllm-llm`` that mean the packaged SmolLM2-135M-Instruct GGUF.
+SMOLLM2_ALIASES = frozenset({"", "smollm2", "default"})
+#: ``openai:<base_url>:<model>``; the model may itself contain ':' (e.g. ``qwen2.5:7b``).
+_OPENAI_SPEC = re.compile(r"^openai:(https?://[^/\s:]+(?::\d+)?(?:/[^\s:]*)?):(\S.*)$")
+
+
+@dataclass(frozen=True)
+class LLMSpec:
+    """Parsed ``fedsllm-llm`` value.
+
+    Attributes
+    ----------
+    kind : {"transformers", "openai"}
+    model : str or None
+        Local directory / HF name (``None`` = packaged SmolLM2) or the served model name.
+    gguf_file : str or None
+        GGUF file inside ``model`` (a ``.gguf`` path was given).
+    base_url : str or None
+        Server address of an ``openai:`` spec.
+    """
+
+    kind: str
+    model: str | None = None
+    gguf_file: str | None = None
+    base_url: str | None = None
+
+
+def parse_llm_spec(value: str) -> LLMSpec:
+    """Parse the ``fedsllm-llm`` run-config value.
+
+    Parameters
+    ----------
+    value : str
+        ``"smollm2"`` (or ``""``): the packaged SmolLM2-135M-Instruct GGUF;
+        ``"openai:<base_url>:<model>"``: an OpenAI-compatible chat server, e.g.
+        ``"openai:http://127.0.0.1:8000/v1:Qwen2.5-7B-Instruct"``; a path to a ``.gguf``
+        file; anything else: a local model directory or a Hugging Face name already in the
+        local cache (loaded with ``transformers``).
+
+    Returns
+    -------
+    LLMSpec
+
+    Raises
+    ------
+    ConfigError
+        A malformed ``openai:`` spec (the message shows the expected form).
+    """
+    text = str(value).strip()
+    if text.lower() in SMOLLM2_ALIASES:
+        return LLMSpec("transformers")
+    if text.lower().startswith("openai:"):
+        m = _OPENAI_SPEC.match(text)
+        if not m:
+            raise ConfigError(
+                f"run-config key 'fedsllm-llm' = {value!r}: an OpenAI-compatible server is given "
+                "as 'openai:<base_url>:<model>', e.g. "
+                "'openai:http://127.0.0.1:8000/v1:Qwen2.5-7B-Instruct'")
+        return LLMSpec("openai", model=m.group(2).strip(), base_url=m.group(1))
+    if text.lower().endswith(".gguf"):
+        path = Path(text).expanduser()
+        return LLMSpec("transformers", model=str(path.parent), gguf_file=path.name)
+    return LLMSpec("transformers", model=text)
+
+
+def make_generator(settings, seed: int, device: str) -> PrototypeGenerator:
+    """The prototype backend of ``settings`` (nothing is loaded here; the LLM loads lazily at
+    its first call and once per process).
+
+    Parameters
+    ----------
+    settings : strategies.fedsllm.FedSLLMConfig
+        Read: ``sampler``, ``llm_spec()``, ``api_key_env``, ``llm_temperature``,
+        ``llm_max_tokens``.
+    seed : int
+        K-Means ``random_state`` or LLM sampling seed.
+    device : str
+        Device of a local LLM.
+
+    Returns
+    -------
+    PrototypeGenerator
+        :class:`ClusterPrototypes` for ``sampler = "cluster"``; otherwise
+        :class:`TransformersLLM` or :class:`OpenAICompatible` from ``fedsllm-llm``.
+    """
+    if settings.sampler == "cluster":
+        return ClusterPrototypes(seed=seed)
+    spec = settings.llm_spec()
+    if spec.kind == "openai":
+        return OpenAICompatible(spec.base_url, spec.model, api_key_env=settings.api_key_env,
+                                temperature=settings.llm_temperature,
+                                max_tokens=settings.llm_max_tokens, seed=seed)
+    return TransformersLLM(spec.model, gguf_file=spec.gguf_file,
+                           max_new_tokens=settings.llm_max_tokens,
+                           temperature=settings.llm_temperature, seed=seed, device=device)

@@ -17,22 +17,20 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from server_tasks.item_text import split_genres
+
 #: System message of every chat request.
 SYSTEM_PROMPT = ("You name item archetypes for a recommender system. "
                  "Answer only with a numbered list of short names.")
-#: Genre labels that carry no meaning and are never used as prototypes.
-_IGNORED_GENRES = frozenset({"", "unknown", "(no genres listed)", "none", "nan"})
 
 
 def _genre_counts(items: pd.DataFrame) -> Counter:
-    """Items per genre over the ``|``-separated ``genres`` column (meaningless labels dropped)."""
+    """Items per genre over the ``|``-separated ``genres`` column (:func:`split_genres` labels)."""
     counts: Counter = Counter()
     if "genres" not in items.columns:
         return counts
     for value in items["genres"].fillna("").astype(str):
-        for genre in {g.strip() for g in value.split("|")}:
-            if genre.lower() not in _IGNORED_GENRES:
-                counts[genre] += 1
+        counts.update(set(split_genres(value)))
     return counts
 
 
@@ -50,6 +48,20 @@ def _check_max(max_prototypes: int) -> int:
     if int(max_prototypes) <= 0:
         raise ValueError(f"max_prototypes must be positive, got {max_prototypes}")
     return int(max_prototypes)
+
+
+def item_noun_for(dataset: str, configured: str = "") -> str:
+    """Noun used in the LLM prompts: ``configured`` if set, else from the dataset name.
+
+    ``ml-*`` and ``grouplens:`` -> ``"movie"``, ``amazon:`` -> ``"product"``, else ``"item"``.
+    """
+    if configured.strip():
+        return configured.strip()
+    if dataset.startswith(("ml-", "grouplens:")):
+        return "movie"
+    if dataset.startswith("amazon:"):
+        return "product"
+    return "item"
 
 
 def initial_prompt(items_df: pd.DataFrame, max_prototypes: int, *, item_noun: str = "item",
