@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from server_tasks.averaging import weighted_mean
+
 
 def group_preference(Q_l, score_fn: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
     """Per-item preference distribution of a group.
@@ -80,7 +82,6 @@ def average_state(states: Sequence[dict[str, torch.Tensor]],
             raise ValueError(f"{w.size} weights for {len(states)} state dicts")
         if np.any(w < 0) or not np.all(np.isfinite(w)) or w.sum() <= 0:
             raise ValueError(f"weights must be finite, non-negative and not all zero, got {w}")
-    w = w / w.sum()
     keys = list(states[0].keys())
     for i, s in enumerate(states[1:], 1):
         if set(s.keys()) != set(keys):
@@ -97,10 +98,9 @@ def average_state(states: Sequence[dict[str, torch.Tensor]],
         if not first.is_floating_point():
             out[key] = first.detach().cpu().clone()
             continue
-        acc = torch.zeros(first.shape, dtype=torch.float64)
-        for wi, s in zip(w, states):
-            acc += float(wi) * torch.as_tensor(s[key]).detach().cpu().to(torch.float64)
-        out[key] = acc.to(first.dtype)
+        mean = weighted_mean([torch.as_tensor(s[key]).detach().cpu().to(torch.float64).numpy()
+                              for s in states], w)
+        out[key] = torch.from_numpy(mean).to(first.dtype)
     return out
 
 
