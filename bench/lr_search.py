@@ -40,7 +40,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def one_point(backbone: str, rounds: int, eval_every: int, seed: int, base: str, point: str) -> dict:
     import run as runner
     from bench.replica import run_replica
-    from fedmm.config import RunConfig
 
     overrides = f"backbone='{backbone}' num-server-rounds={rounds} seed={seed} {base} {point}"
     ns = argparse.Namespace(config=[], run_config=overrides, out=None)

@@ -107,7 +107,6 @@ def run_replica(cfg, eval_every: int, metric: str = "sampled_hr@10", log=print) 
 def main(argv=None) -> int:
     args = parse_args(argv)
     import run as runner
-    from fedmm.config import RunConfig
 
     ns = argparse.Namespace(config=args.config, run_config=args.run_config, out=None)
     cfg = runner.resolve_config(ns)[1]

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from server_tasks.averaging import weighted_mean
+
 #: Fusion variants :func:`make_fusion` accepts.
 FUSION_KINDS = ("mlp", "attention", "moe", "multiple")
 
@@ -358,7 +360,7 @@ def group_targets(item_tables: list[np.ndarray], labels: np.ndarray, weights=Non
         wl = w[members]                                            # (n_l, N)
         total = wl.sum(0)
         wl = np.where(total[None, :] > 0, wl, 1.0)                 # zero-weight items: plain mean
-        out[l] = np.einsum("cn,cnd->nd", wl, stack[members]) / wl.sum(0)[:, None]
+        out[l] = weighted_mean(list(stack[members]), wl, divide_last=True)
     return out.astype(np.float32)
 
 

@@ -5,15 +5,18 @@ group ``l`` (:func:`average_state`), builds a scorer from them (the caller does 
 backbone's ``score_vectors``) and scores the group's fused item features ``Q_l``
 (:func:`group_preference`). For implicit feedback the result sent to clients is, per item, the
 Bernoulli distribution ``[1 - p, p]`` with ``p = sigmoid(logit)``; clients add
-``lambda * KL(E_M_l || own prediction)`` to their loss. Both functions are pure; no Flower
+``lambda * KL(E_M_l || own prediction)`` to their loss. :func:`signal_diagnostics` measures how
+faithful the fused features and the signals sent are. The functions are pure; no Flower
 import here.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from server_tasks.averaging import weighted_mean
 
 
 def group_preference(Q_l, score_fn: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
@@ -79,7 +82,6 @@ def average_state(states: Sequence[dict[str, torch.Tensor]],
             raise ValueError(f"{w.size} weights for {len(states)} state dicts")
         if np.any(w < 0) or not np.all(np.isfinite(w)) or w.sum() <= 0:
             raise ValueError(f"weights must be finite, non-negative and not all zero, got {w}")
-    w = w / w.sum()
     keys = list(states[0].keys())
     for i, s in enumerate(states[1:], 1):
         if set(s.keys()) != set(keys):
@@ -96,8 +98,57 @@ def average_state(states: Sequence[dict[str, torch.Tensor]],
         if not first.is_floating_point():
             out[key] = first.detach().cpu().clone()
             continue
-        acc = torch.zeros(first.shape, dtype=torch.float64)
-        for wi, s in zip(w, states):
-            acc += float(wi) * torch.as_tensor(s[key]).detach().cpu().to(torch.float64)
-        out[key] = acc.to(first.dtype)
+        mean = weighted_mean([torch.as_tensor(s[key]).detach().cpu().to(torch.float64).numpy()
+                              for s in states], w)
+        out[key] = torch.from_numpy(mean).to(first.dtype)
+    return out
+
+
+def signal_diagnostics(q: torch.Tensor, targets: torch.Tensor, active: list[int],
+                       scorer: torch.nn.Module | None,
+                       pbars: Mapping[int, dict[str, torch.Tensor]]) -> dict[str, float]:
+    """How faithful this round's fused features and group signals are (logged per round).
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        float ``(g, N, d)``: fused item features ``Q_l`` of every group.
+    targets : torch.Tensor
+        float ``(g, N, d)``: group targets ``C_l`` (members' averaged item tables).
+    active : list of int
+        Groups with members this round (the others have no target).
+    scorer : torch.nn.Module or None
+        A backbone instance whose ``score_vectors`` applies ``P̄_l`` after loading ``pbars[l]``
+        (server mode); ``None`` in client mode (``P̄_l`` needs the private user embedding).
+    pbars : mapping
+        Group -> averaged prediction-function state ``P̄_l``.
+
+    Returns
+    -------
+    dict
+        ``gfmfr-fusion-r2``: ``1 - MSE(Q, C) / Var(C)`` over the active groups (share of the
+        targets' variance the fusion module reproduces). Server mode also gives
+        ``gfmfr-signal-corr``: mean over active groups of the Pearson correlation, across items,
+        between the logits ``P̄_l(Q_l)`` that are sent and ``P̄_l(C_l)`` (the signal an exact fit
+        would give), and ``gfmfr-signal-std``: mean across groups of the std over items of the
+        sent probability ``p``.
+    """
+    idx = torch.as_tensor(active, dtype=torch.long)
+    qa, ca = q[idx].float(), targets[idx].float()
+    var = float(((ca - ca.mean(dim=1, keepdim=True)) ** 2).mean())
+    out = {"gfmfr-fusion-r2": 1.0 - float(((qa - ca) ** 2).mean()) / max(var, 1e-12)}
+    if scorer is None:
+        return out
+    corrs, stds = [], []
+    with torch.no_grad():
+        for j, l in enumerate(active):
+            scorer.load_state_dict(pbars[l], strict=False)
+            sent = scorer.score_vectors(qa[j]).float().reshape(-1)
+            exact = scorer.score_vectors(ca[j]).float().reshape(-1)
+            a, b = sent - sent.mean(), exact - exact.mean()
+            denom = float(a.norm() * b.norm())
+            corrs.append(float((a * b).sum()) / denom if denom > 0 else 0.0)
+            stds.append(float(torch.sigmoid(sent).std()))
+    out["gfmfr-signal-corr"] = float(np.mean(corrs))
+    out["gfmfr-signal-std"] = float(np.mean(stds))
     return out

@@ -5,13 +5,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from server_tasks.averaging import ReplyError, weighted_mean
 
-class ReplyError(ValueError):
-    """A client reply cannot be aggregated; the message says which reply and why."""
+__all__ = ["ReplyError", "better", "check_reply_arrays", "itemwise_average", "mean_metrics",
+           "weighted_average"]
 
 
 def weighted_average(states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> dict[str, np.ndarray]:
-    """FedAvg: ``sum_c w_c * x_c / sum_c w_c`` for every key (float64 accumulation).
+    """FedAvg: ``sum_c w_c * x_c / sum_c w_c`` for every key (:func:`weighted_mean`).
 
     Parameters
     ----------
@@ -25,14 +26,8 @@ def weighted_average(states: Sequence[Mapping[str, np.ndarray]], weights: Sequen
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (len(states),) or np.any(w < 0) or w.sum() <= 0:
         raise ReplyError(f"weights must be {len(states)} non-negative numbers with a positive sum, got {weights}")
-    w = w / w.sum()
-    out: dict[str, np.ndarray] = {}
-    for key in states[0]:
-        acc = np.zeros(states[0][key].shape, dtype=np.float64)
-        for wi, s in zip(w, states):
-            acc += wi * s[key]
-        out[key] = acc.astype(states[0][key].dtype)
-    return out
+    return {key: weighted_mean([s[key] for s in states], w).astype(states[0][key].dtype)
+            for key in states[0]}
 
 
 def itemwise_average(tables: Sequence[np.ndarray], counts: Sequence[np.ndarray],
@@ -50,15 +45,12 @@ def itemwise_average(tables: Sequence[np.ndarray], counts: Sequence[np.ndarray],
         float ``(num_items, dim)``: the global table sent this round.
     """
     c = np.stack([np.asarray(x, dtype=np.float64) for x in counts])  # (clients, N)
-    t = np.stack([np.asarray(x, dtype=np.float64) for x in tables])  # (clients, N, d)
-    if c.shape != t.shape[:2]:
-        raise ReplyError(f"item-counts shape {c.shape[1:]} does not match item table {t.shape[1:]}")
-    total = c.sum(axis=0)  # (N,)
-    summed = np.einsum("cn,cnd->nd", c, t)
-    out = previous.astype(np.float64).copy()
-    seen = total > 0
-    out[seen] = summed[seen] / total[seen, None]
-    return out.astype(previous.dtype)
+    if c.shape != (len(tables), *np.shape(tables[0])[:1]):
+        raise ReplyError(f"item-counts shape {c.shape[1:]} does not match item table "
+                         f"{np.shape(tables[0])}")
+    seen = c.sum(axis=0) > 0  # (N,)
+    mean = weighted_mean(tables, c, divide_last=True)  # NaN rows where nobody trained
+    return np.where(seen[:, None], mean, previous.astype(np.float64)).astype(previous.dtype)
 
 
 def check_reply_arrays(replies: Sequence[Mapping[str, np.ndarray]], expected: Mapping[str, np.ndarray],

@@ -36,10 +36,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedmm.protocol import (AGGREGATION, ARRAYS, CONFIG, EXTRAS, ITEM_COUNTS,  # noqa: F401
-                            ITEM_TABLE_KEY, METRICS, NUM_EXAMPLES, QUERY, SERVER_ROUND,
-                            TRAIN_LOSS, USER, TrainReply, arrays_to_dict, dict_to_arrays,
-                            record_bytes)
+from fedmm.protocol import (AGGREGATION, ARRAYS, CONFIG, ITEM_COUNTS, ITEM_TABLE_KEY, METRICS,
+                            NUM_EXAMPLES, QUERY, SERVER_ROUND, TRAIN_LOSS, USER, TrainReply,
+                            arrays_to_dict, dict_to_arrays, record_bytes)
 from strategies.aggregation import (ReplyError, better, check_reply_arrays, itemwise_average,
                                     mean_metrics, weighted_average)
 

@@ -55,13 +55,11 @@ names, fallback reason, seconds).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from logging import INFO
 from pathlib import Path
 from typing import Any, ClassVar
@@ -73,80 +71,21 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from clients.selection import PROTOTYPE_METHODS, SAMPLERS, SCORE_FORMS
-from fedmm.config import ConfigError, ConfigSection, RunConfig
-from strategies.aggregation import ReplyError
+from fedmm.config import ConfigSection, RunConfig
 from fedmm.protocol import (EPS_CFG, FEDSLLM_PAYLOAD, FRACTION_CFG, PROTOTYPE_COUNTS, PROTOTYPES,
                             SAMPLER_CFG, SCORE_CFG, SIMILARITY, TrainReply, dict_to_arrays)
+from server_tasks.item_text import FEDSLLM_TEXT, item_texts
+from server_tasks.modality_cache import cached_text_embeddings
+from server_tasks.prototypes.backends import LLMSpec, make_generator, parse_llm_spec
+from server_tasks.prototypes.prompts import item_noun_for
+from server_tasks.selection_stats import selection_overlap, sum_prototype_counts
 from strategies.base import FedRecStrategy
 
-#: Values of ``fedsllm-llm`` that mean the packaged SmolLM2-135M-Instruct GGUF.
-SMOLLM2_ALIASES = frozenset({"", "smollm2", "default"})
-#: ``openai:<base_url>:<model>``; the model may itself contain ':' (e.g. ``qwen2.5:7b``).
-_OPENAI_SPEC = re.compile(r"^openai:(https?://[^/\s:]+(?::\d+)?(?:/[^\s:]*)?):(\S.*)$")
 #: Prefix of this section's run-config keys.
 _PREFIX = "fedsllm-"
 
 
 # ----- configuration ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LLMSpec:
-    """Parsed ``fedsllm-llm`` value.
-
-    Attributes
-    ----------
-    kind : {"transformers", "openai"}
-    model : str or None
-        Local directory / HF name (``None`` = packaged SmolLM2) or the served model name.
-    gguf_file : str or None
-        GGUF file inside ``model`` (a ``.gguf`` path was given).
-    base_url : str or None
-        Server address of an ``openai:`` spec.
-    """
-
-    kind: str
-    model: str | None = None
-    gguf_file: str | None = None
-    base_url: str | None = None
-
-
-def parse_llm_spec(value: str) -> LLMSpec:
-    """Parse the ``fedsllm-llm`` run-config value.
-
-    Parameters
-    ----------
-    value : str
-        ``"smollm2"`` (or ``""``): the packaged SmolLM2-135M-Instruct GGUF;
-        ``"openai:<base_url>:<model>"``: an OpenAI-compatible chat server, e.g.
-        ``"openai:http://127.0.0.1:8000/v1:Qwen2.5-7B-Instruct"``; a path to a ``.gguf``
-        file; anything else: a local model directory or a Hugging Face name already in the
-        local cache (loaded with ``transformers``).
-
-    Returns
-    -------
-    LLMSpec
-
-    Raises
-    ------
-    ConfigError
-        A malformed ``openai:`` spec (the message shows the expected form).
-    """
-    text = str(value).strip()
-    if text.lower() in SMOLLM2_ALIASES:
-        return LLMSpec("transformers")
-    if text.lower().startswith("openai:"):
-        m = _OPENAI_SPEC.match(text)
-        if not m:
-            raise ConfigError(
-                f"run-config key 'fedsllm-llm' = {value!r}: an OpenAI-compatible server is given "
-                "as 'openai:<base_url>:<model>', e.g. "
-                "'openai:http://127.0.0.1:8000/v1:Qwen2.5-7B-Instruct'")
-        return LLMSpec("openai", model=m.group(2).strip(), base_url=m.group(1))
-    if text.lower().endswith(".gguf"):
-        path = Path(text).expanduser()
-        return LLMSpec("transformers", model=str(path.parent), gguf_file=path.name)
-    return LLMSpec("transformers", model=text)
-
-
 @dataclass(frozen=True)
 class FedSLLMConfig(ConfigSection):
     """The ``fedsllm-*`` run-config keys, typed. Field ``foo_bar`` is the key ``fedsllm-foo-bar``.
@@ -219,190 +158,6 @@ class FedSLLMConfig(ConfigSection):
 
 
 FedSLLMConfig.KEYS = tuple(FedSLLMConfig.keys())
-
-
-# ----- pure helpers -------------------------------------------------------------------------
-def item_noun_for(dataset: str, configured: str = "") -> str:
-    """Noun used in the LLM prompts: ``configured`` if set, else from the dataset name.
-
-    ``ml-*`` and ``grouplens:`` -> ``"movie"``, ``amazon:`` -> ``"product"``, else ``"item"``.
-    """
-    if configured.strip():
-        return configured.strip()
-    if dataset.startswith(("ml-", "grouplens:")):
-        return "movie"
-    if dataset.startswith("amazon:"):
-        return "product"
-    return "item"
-
-
-def fedsllm_item_texts(items: pd.DataFrame) -> list[str]:
-    """FedSLLM's item text ``a_i``: title, year, genres and description.
-
-    Parameters
-    ----------
-    items : pandas.DataFrame
-        One row per internal item index, columns ``title``, ``year`` (float, NaN if unknown),
-        ``genres`` (``|``-separated), ``description`` (see ``fedmm.data.raw.ITEM_COLUMNS``).
-
-    Returns
-    -------
-    list of str
-        ``"<title>. Year: <year>. Genres: <g1>, <g2>. <description>"``, parts left out when
-        missing (``"unknown"`` genres dropped); one string per row, in row order.
-    """
-    missing = [c for c in ("title", "year", "genres", "description") if c not in items.columns]
-    if missing:
-        raise ValueError(f"item table lacks columns {missing}; expected those of "
-                         "fedmm.data.raw.ITEM_COLUMNS")
-    out = []
-    for title, year, genres, desc in zip(items["title"].fillna("").astype(str),
-                                         pd.to_numeric(items["year"], errors="coerce"),
-                                         items["genres"].fillna("").astype(str),
-                                         items["description"].fillna("").astype(str)):
-        parts = [title.strip()] if title.strip() else []
-        if math.isfinite(year) and year > 0:
-            parts.append(f"Year: {int(year)}")
-        names = [g.strip() for g in genres.split("|")
-                 if g.strip() and g.strip().lower() not in ("unknown", "(no genres listed)")]
-        if names:
-            parts.append("Genres: " + ", ".join(names))
-        if desc.strip():
-            parts.append(desc.strip())
-        out.append(". ".join(parts))
-    return out
-
-
-def cached_text_embeddings(texts: list[str], dataset_key: str, encoder_tag: str,
-                           encode_fn: Callable[[list[str]], np.ndarray],
-                           cache_dir: str | Path | None) -> tuple[np.ndarray, bool]:
-    """Embed ``texts`` or load them from the modality cache.
-
-    Parameters
-    ----------
-    texts : list of str
-        ``N`` item texts (:func:`fedsllm_item_texts`).
-    dataset_key : str
-        Dataset name as in the run config (part of the cache path).
-    encoder_tag : str
-        Filename-safe encoder name (part of the cache key).
-    encode_fn : callable
-        ``list[str] -> float (N, D)``.
-    cache_dir : str, pathlib.Path or None
-        Root of :class:`server_tasks.encoders.ModalityCache`; ``None`` disables caching.
-
-    Returns
-    -------
-    features : numpy.ndarray
-        float32, shape ``(N, D)``.
-    hit : bool
-        Whether they came from the cache.
-    """
-    from server_tasks.encoders import ModalityCache
-
-    def encode() -> np.ndarray:
-        x = np.asarray(encode_fn(list(texts)), dtype=np.float32)
-        if x.ndim != 2 or x.shape[0] != len(texts):
-            raise ValueError(f"text encoder returned shape {x.shape} for {len(texts)} texts")
-        return x
-
-    if cache_dir is None:
-        return encode(), False
-    digest = hashlib.sha1("\x1e".join(texts).encode("utf-8")).hexdigest()[:12]
-    cache = ModalityCache(cache_dir)
-    paths = cache.paths(dataset_key, "fedsllm-text", encoder_tag, f"{len(texts)}-{digest}")
-    entry = cache.load(paths, len(texts))
-    if entry is not None:
-        return entry[0], True
-    x = encode()
-    cache.save(paths, x, np.ones(len(texts), dtype=bool))
-    return x, False
-
-
-def sum_prototype_counts(counts: Sequence[np.ndarray], num_prototypes: int,
-                         sources: Sequence[object]) -> np.ndarray:
-    """Sum the clients' prototype counts ``sum_u c_u``.
-
-    Parameters
-    ----------
-    counts : sequence of numpy.ndarray
-        One int ``(P,)`` array per reply.
-    num_prototypes : int
-        ``P`` of the prototypes sent this round.
-    sources : sequence
-        Node ids of the replies, same length (named in errors).
-
-    Returns
-    -------
-    numpy.ndarray
-        int64, shape ``(P,)``.
-
-    Raises
-    ------
-    ReplyError
-        A count vector has the wrong shape, a non-integer or a negative value.
-    """
-    total = np.zeros(int(num_prototypes), dtype=np.int64)
-    for src, c in zip(sources, counts):
-        arr = np.asarray(c)
-        if arr.shape != (int(num_prototypes),):
-            raise ReplyError(f"reply from node {src}: '{PROTOTYPE_COUNTS}' has shape {arr.shape}, "
-                             f"expected ({num_prototypes},) (one count per prototype sent)")
-        if not np.issubdtype(arr.dtype, np.integer) or (arr < 0).any():
-            raise ReplyError(f"reply from node {src}: '{PROTOTYPE_COUNTS}' must hold non-negative "
-                             f"integers, got dtype {arr.dtype}")
-        total += arr.astype(np.int64)
-    return total
-
-
-def selection_overlap(metrics: Sequence[Mapping[str, Any]]) -> dict[str, float | int]:
-    """Round means of the clients' optional ``selection-coverage`` / ``selection-repeat``.
-
-    Parameters
-    ----------
-    metrics : sequence of mapping
-        The train replies' metrics; a reply may lack either key (``selection-repeat`` is absent
-        in a client's first round).
-
-    Returns
-    -------
-    dict
-        ``selection-coverage`` and ``selection-repeat`` (unweighted means over the replies that
-        report them) and ``selection-repeat-clients`` (how many reported a repeat); a key with
-        no reports is left out.
-    """
-    out: dict[str, float | int] = {}
-    for key in ("selection-coverage", "selection-repeat"):
-        vals = [float(m[key]) for m in metrics if key in m]
-        if vals:
-            out[key] = float(np.mean(vals))
-        if key == "selection-repeat":
-            out["selection-repeat-clients"] = len(vals)
-    return out
-
-
-def make_generator(settings: FedSLLMConfig, seed: int, device: str):
-    """The prototype backend of ``settings`` (nothing is loaded here; the LLM loads lazily at
-    its first call and once per process).
-
-    Returns
-    -------
-    server_tasks.prototypes.PrototypeGenerator
-        :class:`ClusterPrototypes` for ``sampler = "cluster"``; otherwise
-        :class:`TransformersLLM` or :class:`OpenAICompatible` from ``fedsllm-llm``.
-    """
-    from server_tasks.prototypes import ClusterPrototypes, OpenAICompatible, TransformersLLM
-
-    if settings.sampler == "cluster":
-        return ClusterPrototypes(seed=seed)
-    spec = settings.llm_spec()
-    if spec.kind == "openai":
-        return OpenAICompatible(spec.base_url, spec.model, api_key_env=settings.api_key_env,
-                                temperature=settings.llm_temperature,
-                                max_tokens=settings.llm_max_tokens, seed=seed)
-    return TransformersLLM(spec.model, gguf_file=spec.gguf_file,
-                           max_new_tokens=settings.llm_max_tokens,
-                           temperature=settings.llm_temperature, seed=seed, device=device)
 
 
 def _rms(table: np.ndarray) -> float:
@@ -528,7 +283,7 @@ class FedSLLM(FedRecStrategy):
             raise ValueError(f"'{self.item_table_key}' has {table.shape[0]} rows but the item table "
                              f"has {len(self.items)} items")
         if self.settings.uses_autoencoder:
-            texts = fedsllm_item_texts(self.items)
+            texts = item_texts(self.items, FEDSLLM_TEXT)
             x, hit = cached_text_embeddings(texts, self.dataset_key, self._encoder_tag,
                                             self._encode, self.cache_dir)
             text_s = time.perf_counter() - start
@@ -586,7 +341,7 @@ class FedSLLM(FedRecStrategy):
         sources = [r.node for r in replies]
         counts = [r.extra(PROTOTYPE_COUNTS, f"sampler '{self.settings.sampler}' ((P,) int64)")
                   for r in replies]
-        summed = sum_prototype_counts(counts, len(self.names), sources)
+        summed = sum_prototype_counts(counts, len(self.names), sources, key=PROTOTYPE_COUNTS)
         self._pending = self._pending + summed
         self._info.update({"num-prototypes": len(self.names),
                            "prototype-counts": summed.tolist()})
@@ -670,6 +425,6 @@ class FedSLLM(FedRecStrategy):
 
 def _encoder_tag(text_encoder: str) -> str:
     """Cache tag of the ``fedsllm-text-encoder`` value (shared with GFMFR's text cache tags)."""
-    from server_tasks.encoders import EncoderConfig
+    from server_tasks.modality_cache import EncoderConfig
 
     return EncoderConfig(text_model=text_encoder or None).encoder_tag("text")

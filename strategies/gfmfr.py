@@ -64,25 +64,24 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from fedmm.device import resolve_device
 from clients.gfmfr import ScorerPlan, scorer_plan
-from fedmm.config import ConfigError, ConfigSection, comma_list
+from fedmm.config import ConfigSection, comma_list
+from fedmm.device import resolve_device
 from fedmm.models.base import FedRecModel
-from server_tasks.clustering import METHODS as CLUSTER_METHODS
-from server_tasks.clustering import GroupTracker
-from server_tasks.encoders import MODALITIES, EncoderConfig, cached_modalities
-from server_tasks.fusion import FUSION_KINDS, fuse, group_targets, make_fusion, train_fusion
-from server_tasks.group_pref import average_state, group_preference
-from server_tasks.lambda_schedules import SCHEDULES, make_schedule
-from strategies.aggregation import ReplyError
 from fedmm.protocol import (DIS_LOSS, FEATURES, GFMFR_PAYLOAD, ITEM_COUNTS, PREFERENCE, REC_LOSS,
                             ROUND_LAMBDA, SCORER_PREFIX, TrainReply, dict_to_arrays)
+from server_tasks.clustering import METHODS as CLUSTER_METHODS
+from server_tasks.clustering import GroupTracker
+from server_tasks.modality_cache import MODALITIES, EncoderConfig, item_modalities
+from server_tasks.fusion import FUSION_KINDS, fuse, group_targets, make_fusion, train_fusion
+from server_tasks.group_pref import average_state, group_preference, signal_diagnostics
+from server_tasks.lambda_schedules import SCHEDULES, make_schedule
+from strategies.aggregation import ReplyError
 from strategies.base import FedRecStrategy
 
 #: Prefix of this method's run-config keys.
@@ -165,174 +164,8 @@ GFMFRConfig.KEYS = tuple(GFMFRConfig.keys())
 
 
 # ------------------------------------------------------------------------------------------
-# item modalities
-# ------------------------------------------------------------------------------------------
-def text_view(items: pd.DataFrame) -> pd.DataFrame:
-    """Items whose text modality reads ``title. genres. released YEAR. description``.
-
-    :func:`server_tasks.encoders.item_texts` embeds ``title. description``; this copy puts the
-    genres and the release year in front of the description (MovieLens has no description).
-
-    Parameters
-    ----------
-    items : pandas.DataFrame
-        ``title, year, genres, description, image`` per item, internal order.
-
-    Returns
-    -------
-    pandas.DataFrame
-        A copy with ``description`` replaced.
-    """
-    def describe(genres, year, desc) -> str:
-        parts = []
-        if isinstance(genres, str) and genres.strip():
-            parts.append(", ".join(g.strip() for g in genres.split("|") if g.strip()))
-        try:
-            y = float(year)
-        except (TypeError, ValueError):
-            y = float("nan")
-        if math.isfinite(y) and y > 0:
-            parts.append(f"Released {int(y)}")
-        if isinstance(desc, str) and desc.strip():
-            parts.append(desc.strip())
-        return ". ".join(parts)
-
-    out = items.copy()
-    out["description"] = [describe(g, y, d) for g, y, d in
-                          zip(items["genres"], items["year"], items["description"])]
-    return out
-
-
-def _unavailable(modality: str, items: pd.DataFrame, kg: pd.DataFrame | None) -> str:
-    """Why ``modality`` cannot be built from this dataset ("" when it can)."""
-    def any_text(col: str) -> bool:
-        return bool(items[col].fillna("").astype(str).str.strip().ne("").any())
-
-    if modality == "image" and not any_text("image"):
-        return "the dataset has no item images"
-    if modality == "text" and not (any_text("title") or any_text("description")):
-        return "the dataset has no item titles or descriptions"
-    if modality == "kg" and kg is None and not any_text("genres") and not items["year"].notna().any():
-        return "the dataset has no knowledge graph, genres or years"
-    return ""
-
-
-def item_modalities(dataset_key: str, items: pd.DataFrame, kg: pd.DataFrame | None,
-                    settings: GFMFRConfig, cache_dir: str | Path, seed: int = 0,
-                    device: str = "cpu") -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
-                                                  dict[str, str]]:
-    """Encode (or read from cache) the requested modalities the dataset has.
-
-    Parameters
-    ----------
-    dataset_key : str
-        Dataset name of the run config (part of the cache key).
-    items : pandas.DataFrame
-        Item side information, internal order (``fedmm.data.split.ItemSide.items``).
-    kg : pandas.DataFrame or None
-        Knowledge-graph triples with internal item indices.
-    settings : GFMFRConfig
-    cache_dir : str or os.PathLike
-        Root of the modality cache.
-    seed : int, default 0
-        Seed of the KG/metadata SVD.
-    device : str, default "cpu"
-
-    Returns
-    -------
-    tables : dict
-        ``modality -> (features float32 (N, d_m), mask bool (N,))`` of the modalities used.
-    notes : dict
-        ``modality -> reason`` for every requested modality that was dropped or degraded.
-
-    Raises
-    ------
-    ConfigError
-        No requested modality is available (names ``gfmfr-modalities``).
-    """
-    notes: dict[str, str] = {}
-    usable = []
-    for m in settings.modalities:
-        why = _unavailable(m, items, kg)
-        if why:
-            notes[m] = f"dropped: {why}"
-            log(INFO, "gfmfr: modality '%s' dropped: %s", m, why)
-        else:
-            usable.append(m)
-    if "kg" in usable and kg is None:
-        notes["kg"] = "no knowledge graph: genres and release year only"
-        log(INFO, "gfmfr: modality 'kg' has no knowledge graph for %s; genres and year only",
-            dataset_key)
-    encoders = EncoderConfig(text_model=settings.text_encoder or None,
-                             image_model=settings.image_encoder or None,
-                             kg_dim=settings.kg_dim, seed=seed, device=device)
-    tables = cached_modalities(dataset_key, text_view(items), kg, usable, encoders, cache_dir) \
-        if usable else {}
-    for m in list(tables):
-        if not tables[m][1].any():
-            notes[m] = "dropped: missing for every item"
-            log(INFO, "gfmfr: modality '%s' dropped: missing for every item", m)
-            del tables[m]
-    if not tables:
-        raise ConfigError(f"run-config key 'gfmfr-modalities' = {','.join(settings.modalities)!r}: "
-                          f"none is available for dataset {dataset_key!r} ({notes}); add one the "
-                          f"dataset has (text needs titles, kg needs a KG, genres or years)")
-    return tables, notes
-
-
-# ------------------------------------------------------------------------------------------
 # strategy
 # ------------------------------------------------------------------------------------------
-
-def signal_diagnostics(q: torch.Tensor, targets: torch.Tensor, active: list[int],
-                       scorer: torch.nn.Module | None,
-                       pbars: Mapping[int, dict[str, torch.Tensor]]) -> dict[str, float]:
-    """How faithful this round's fused features and group signals are (logged per round).
-
-    Parameters
-    ----------
-    q : torch.Tensor
-        float ``(g, N, d)``: fused item features ``Q_l`` of every group.
-    targets : torch.Tensor
-        float ``(g, N, d)``: group targets ``C_l`` (members' averaged item tables).
-    active : list of int
-        Groups with members this round (the others have no target).
-    scorer : torch.nn.Module or None
-        A backbone instance whose ``score_vectors`` applies ``P̄_l`` after loading ``pbars[l]``
-        (server mode); ``None`` in client mode (``P̄_l`` needs the private user embedding).
-    pbars : mapping
-        Group -> averaged prediction-function state ``P̄_l``.
-
-    Returns
-    -------
-    dict
-        ``gfmfr-fusion-r2``: ``1 - MSE(Q, C) / Var(C)`` over the active groups (share of the
-        targets' variance the fusion module reproduces). Server mode also gives
-        ``gfmfr-signal-corr``: mean over active groups of the Pearson correlation, across items,
-        between the logits ``P̄_l(Q_l)`` that are sent and ``P̄_l(C_l)`` (the signal an exact fit
-        would give), and ``gfmfr-signal-std``: mean across groups of the std over items of the
-        sent probability ``p``.
-    """
-    idx = torch.as_tensor(active, dtype=torch.long)
-    qa, ca = q[idx].float(), targets[idx].float()
-    var = float(((ca - ca.mean(dim=1, keepdim=True)) ** 2).mean())
-    out = {"gfmfr-fusion-r2": 1.0 - float(((qa - ca) ** 2).mean()) / max(var, 1e-12)}
-    if scorer is None:
-        return out
-    corrs, stds = [], []
-    with torch.no_grad():
-        for j, l in enumerate(active):
-            scorer.load_state_dict(pbars[l], strict=False)
-            sent = scorer.score_vectors(qa[j]).float().reshape(-1)
-            exact = scorer.score_vectors(ca[j]).float().reshape(-1)
-            a, b = sent - sent.mean(), exact - exact.mean()
-            denom = float(a.norm() * b.norm())
-            corrs.append(float((a * b).sum()) / denom if denom > 0 else 0.0)
-            stds.append(float(torch.sigmoid(sent).std()))
-    out["gfmfr-signal-corr"] = float(np.mean(corrs))
-    out["gfmfr-signal-std"] = float(np.mean(stds))
-    return out
-
 
 class GFMFR(FedRecStrategy):
     """The base federated-recommendation strategy plus GFMFR's server side.
@@ -426,8 +259,13 @@ class GFMFR(FedRecStrategy):
                              f"{data.num_items} items; delete the stale cache under "
                              f"{cfg.cache_dir or default_cache_dir()}/splits")
         cache = Path(cfg.cache_dir or default_cache_dir()) / "modalities"
-        tables, notes = item_modalities(cfg.dataset, side.items, side.kg, settings, cache,
-                                        seed=cfg.seed, device=cfg.device)
+        encoders = EncoderConfig(text_model=settings.text_encoder or None,
+                                 image_model=settings.image_encoder or None,
+                                 kg_dim=settings.kg_dim, seed=cfg.seed, device=cfg.device)
+        tables, notes = item_modalities(cfg.dataset, side.items, side.kg, settings.modalities,
+                                        encoders, cache)
+        for m, note in notes.items():
+            log(INFO, "gfmfr: modality '%s': %s", m, note)
         seconds = time.perf_counter() - t
         log(INFO, "gfmfr: modalities %s (%.1fs to encode or load from %s)",
             {m: f.shape[1] for m, (f, _) in tables.items()}, seconds, cache)

@@ -28,9 +28,12 @@ from fedmm.models import build_model
 from server_tasks.prototypes import (ChatLLM, ClusterPrototypes, OpenAICompatible,
                                      TransformersLLM, cosine_similarity_matrix)
 from strategies.aggregation import ReplyError
-from strategies.base import ITEM_TABLE_KEY, arrays_to_dict, dict_to_arrays
-from strategies.fedsllm import (FedSLLM, FedSLLMConfig, fedsllm_item_texts, item_noun_for,
-                                make_generator, parse_llm_spec, sum_prototype_counts)
+from fedmm.protocol import ITEM_TABLE_KEY, arrays_to_dict, dict_to_arrays
+from server_tasks.item_text import FEDSLLM_TEXT, item_texts
+from server_tasks.prototypes.backends import make_generator, parse_llm_spec
+from server_tasks.prototypes.prompts import item_noun_for
+from server_tasks.selection_stats import selection_overlap, sum_prototype_counts
+from strategies.fedsllm import FedSLLM, FedSLLMConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 8
@@ -200,7 +203,7 @@ def test_llm_spec_and_backends_without_loading(tmp_path):
 
 
 def test_item_texts_and_prompt_noun():
-    texts = fedsllm_item_texts(_items())
+    texts = item_texts(_items(), FEDSLLM_TEXT)
     assert texts[0] == "Film 0. Genres: Action, Adventure. story number 0"
     assert texts[1] == "Film 1. Year: 1991. Genres: Comedy, Romance"
     assert texts[4] == "Film 4. Year: 1994. story number 4"  # "unknown" genre dropped
@@ -217,7 +220,7 @@ def test_initial_item_table_comes_from_the_autoencoder(tmp_path):
     out = strategy.initial_arrays(dict(arrays))
     z = out[ITEM_TABLE_KEY]
     assert z.shape == (20, DIM) and z.dtype == np.float32 and not np.allclose(z, arrays[ITEM_TABLE_KEY])
-    x = torch.as_tensor(CountingEncoder()(fedsllm_item_texts(_items())))
+    x = torch.as_tensor(CountingEncoder()(item_texts(_items(), FEDSLLM_TEXT)))
     with torch.no_grad():
         np.testing.assert_allclose(z, strategy.autoencoder.embed(x).numpy(), atol=1e-5)
     rms = lambda a: float(np.sqrt(np.mean(a.astype(np.float64) ** 2)))  # noqa: E731
@@ -353,12 +356,13 @@ def test_replies_without_valid_counts_are_rejected(tmp_path):
 
 def test_sum_prototype_counts():
     total = sum_prototype_counts([np.array([1, 0, 2]), np.array([0, 5, 1], dtype=np.int32)], 3,
-                                 ["a", "b"])
+                                 ["a", "b"], key="prototype-counts")
     assert total.tolist() == [1, 5, 3] and total.dtype == np.int64
     with pytest.raises(ReplyError, match="node b.*non-negative integers"):
-        sum_prototype_counts([np.array([1, 0, 2]), np.array([0.5, 1, 1])], 3, ["a", "b"])
+        sum_prototype_counts([np.array([1, 0, 2]), np.array([0.5, 1, 1])], 3, ["a", "b"],
+                             key="prototype-counts")
     with pytest.raises(ReplyError, match="node a.*non-negative"):
-        sum_prototype_counts([np.array([-1, 0, 2])], 3, ["a"])
+        sum_prototype_counts([np.array([-1, 0, 2])], 3, ["a"], key="prototype-counts")
 
 
 def test_cluster_baseline_uses_kmeans_centroids_of_the_current_table(tmp_path):
@@ -541,7 +545,6 @@ def test_fedselect_keeps_its_margin_in_the_private_state():
 
 
 def test_selection_overlap_means_what_is_reported():
-    from strategies.fedsllm import selection_overlap
     got = selection_overlap([{"selection-coverage": 0.2}, {"selection-coverage": 0.4,
                              "selection-repeat": 0.5}, {"selection-ms": 1.0}])
     assert got == {"selection-coverage": pytest.approx(0.3), "selection-repeat": 0.5,

@@ -11,7 +11,6 @@ the package as another project would.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -148,7 +147,10 @@ def check_run(strategy, grid: LoopbackGrid) -> None:
 
 
 def test_public_api_names():
-    from strategies import FedRecStrategy, FedSLLM, GFMFR  # noqa: F401
+    from strategies import FedRecStrategy, FedSLLM, GFMFR
+
+    assert FedRecStrategy.__name__ == "FedRecStrategy" and GFMFR.__mro__[1] is FedRecStrategy
+    assert issubclass(FedSLLM, FedRecStrategy)
 
     assert set(strategies.__all__) >= {"FedRecStrategy", "GFMFR", "FedSLLM"}
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):

@@ -19,12 +19,14 @@ from e2e_util import finals, run_app
 from fedmm.config import ConfigError, load_app_config
 from fedmm.data.split import UserData
 from fedmm.models import build_model
-from server_tasks import encoders as enc
+from server_tasks import modality_cache as enc
 from server_tasks.fusion import fuse
 from strategies.aggregation import ReplyError
-from strategies.base import dict_to_arrays
-from strategies.gfmfr import (GFMFR, GFMFRConfig, item_modalities, signal_diagnostics,
-                              text_view)
+from fedmm.protocol import dict_to_arrays
+from server_tasks.group_pref import signal_diagnostics
+from server_tasks.item_text import GFMFR_TEXT, item_texts
+from server_tasks.modality_cache import EncoderConfig, item_modalities
+from strategies.gfmfr import GFMFR, GFMFRConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 N_ITEMS, DIM, N_USERS = 40, 8, 6
@@ -204,10 +206,10 @@ def _items(n=5, **cols):
     return pd.DataFrame(base)
 
 
-def test_text_view_has_genres_and_year():
-    view = text_view(_items())
-    assert enc.item_texts(view)[0] == "Movie 0. Drama, Comedy. Released 1990"
-    assert enc.item_texts(view)[2] == "Movie 2. Released 1992"
+def test_gfmfr_text_has_genres_and_year():
+    texts = item_texts(_items(), GFMFR_TEXT)
+    assert texts[0] == "Movie 0. Drama, Comedy. Released 1990"
+    assert texts[2] == "Movie 2. Released 1992"
 
 
 def test_item_modalities_drops_what_the_dataset_lacks(tmp_path, monkeypatch):
@@ -218,14 +220,13 @@ def test_item_modalities_drops_what_the_dataset_lacks(tmp_path, monkeypatch):
         return np.ones((len(texts), 4), np.float32)
 
     monkeypatch.setattr(enc, "encode_texts", fake_text)
-    tables, notes = item_modalities("toy", _items(), None,
-                                    settings(**{"gfmfr-modalities": "text,image,kg",
-                                                "gfmfr-kg-dim": 4}), tmp_path)
+    tables, notes = item_modalities("toy", _items(), None, ["text", "image", "kg"],
+                                    EncoderConfig(kg_dim=4), tmp_path)
     assert sorted(tables) == ["kg", "text"] and tables["kg"][0].shape == (5, 4)
     assert notes["image"].startswith("dropped") and "genres and release year only" in notes["kg"]
     assert "Movie 3. Action. Released 1993" in seen
     with pytest.raises(ConfigError, match="'gfmfr-modalities'"):
-        item_modalities("toy", _items(), None, settings(**{"gfmfr-modalities": "image"}), tmp_path)
+        item_modalities("toy", _items(), None, ["image"], EncoderConfig(), tmp_path)
 
 
 # ------------------------------------------------------------------------------------------

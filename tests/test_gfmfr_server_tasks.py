@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from fedmm.privacy import laplace_noise
-from server_tasks import encoders as enc
+from server_tasks import image_encoder, kg_encoder
+from server_tasks import modality_cache as enc
 from server_tasks.clustering import GroupTracker, cluster_clients, group_centroids, match_groups
 from server_tasks.fusion import FUSION_KINDS, fuse, group_targets, make_fusion, train_fusion
 from server_tasks.group_pref import average_state, group_preference
+from server_tasks.item_text import ItemTextRecipe
 from server_tasks.lambda_schedules import (Constant, ProgressiveScale, ScaleAlign, SmoothCoef,
                                            SmoothProgressive, SmoothProgressiveScaleAlign,
                                            make_schedule)
@@ -107,11 +109,11 @@ def test_efficientnet_lite0_on_real_photos_and_mask(tmp_path):
     paths = [str(SKLEARN_IMAGES / "flower.jpg"), "", str(SKLEARN_IMAGES / "china.jpg"),
              str(bad), "https://m.media-amazon.com/images/I/31Z+VeRjz2L.jpg"]
     with pytest.warns(RuntimeWarning, match="3 of 5 items have no usable image"):
-        feats, mask = enc.encode_images(paths, fetch_urls=False)
+        feats, mask = image_encoder.encode_images(paths, fetch_urls=False)
     assert feats.shape == (5, 1280) and feats.dtype == np.float32
     assert mask.tolist() == [True, False, True, False, False]
     assert not feats[~mask].any() and np.isfinite(feats).all()
-    net = enc.load_efficientnet_lite0()
+    net = image_encoder.load_efficientnet_lite0()
     with torch.no_grad():
         classes = net._fc(torch.from_numpy(feats[mask])).argmax(1).tolist()
     assert classes == [985, 698]  # daisy, palace
@@ -135,10 +137,10 @@ def test_hf_vision_model_path_clip_style(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(img)
     with pytest.warns(RuntimeWarning, match="1 of 2"):
-        feats, mask = enc.encode_images([str(img), ""], model=str(tmp_path / "clip"))
+        feats, mask = image_encoder.encode_images([str(img), ""], model=str(tmp_path / "clip"))
     assert feats.shape == (2, 8) and mask.tolist() == [True, False] and not feats[1].any()
     with pytest.raises(EncoderError, match="image-encoder"):
-        enc.encode_images([str(img)], model="./no/such/dir")
+        image_encoder.encode_images([str(img)], model="./no/such/dir")
 
 
 # ------------------------------------------------------------------------------------------
@@ -152,7 +154,7 @@ def test_kg_meta_encoder_on_real_ml100k_kg():
     items = raw.items.reset_index(drop=True)
     pos = pd.Index(raw.items.index).get_indexer(raw.kg["item"])
     kg = raw.kg.assign(item=pos)[pos >= 0]
-    feats = enc.encode_kg_meta(items, kg, dim=64, seed=0)
+    feats = kg_encoder.encode_kg_meta(items, kg, dim=64, seed=0)
     assert feats.shape == (len(items), 64) and feats.dtype == np.float32
     assert np.isfinite(feats).all()
     norms = np.linalg.norm(feats, axis=1)
@@ -160,7 +162,7 @@ def test_kg_meta_encoder_on_real_ml100k_kg():
     toy = int(np.flatnonzero(items["title"].eq("Toy Story"))[0])
     nearest = int(np.argsort(-(feats @ feats[toy]))[1])
     assert "Animation" in items["genres"].iloc[nearest]
-    np.testing.assert_array_equal(feats, enc.encode_kg_meta(items, kg, dim=64, seed=0))
+    np.testing.assert_array_equal(feats, kg_encoder.encode_kg_meta(items, kg, dim=64, seed=0))
 
 
 def _items(titles):
@@ -174,10 +176,10 @@ def test_kg_meta_small_and_bad_index():
     items = _items([f"t{i}" for i in range(6)])
     kg = pd.DataFrame({"item": [0, 1, 2, 3], "relation": ["r", "r", "s", "s"],
                        "entity": ["e1", "e1", "e2", "e2"]})
-    feats = enc.encode_kg_meta(items, kg, dim=16)
+    feats = kg_encoder.encode_kg_meta(items, kg, dim=16)
     assert feats.shape == (6, 16) and np.isfinite(feats).all()
     with pytest.raises(ValueError, match="internal item indices"):
-        enc.encode_kg_meta(items, kg.assign(item=[0, 1, 2, 99]), dim=16)
+        kg_encoder.encode_kg_meta(items, kg.assign(item=[0, 1, 2, 99]), dim=16)
 
 
 def test_cached_modalities_second_call_reads_disk(tmp_path, monkeypatch):
@@ -190,20 +192,22 @@ def test_cached_modalities_second_call_reads_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(enc, "encode_texts", fake_text)
     items = _items(["A", "B", "", "D"])
     items.loc[2, "title"] = ""
+    title_only = ItemTextRecipe(parts=("title", "description"))
     out = enc.cached_modalities("ml-100k", items, None, ["text", "kg"],
-                                {"text-encoder": "", "kg-dim": 8}, tmp_path)
+                                {"text-encoder": "", "kg-dim": 8}, tmp_path, title_only)
     assert len(calls) == 1
     feats, mask = out["text"]
     assert mask.tolist() == [True, True, False, True] and not feats[2].any()
     assert out["kg"][0].shape == (4, 8)
     assert len(list((tmp_path / "ml-100k").glob("*.npy"))) == 4
     again = enc.cached_modalities("ml-100k", items, None, ["text", "kg"],
-                                  {"text-encoder": "", "kg-dim": 8}, tmp_path)
+                                  {"text-encoder": "", "kg-dim": 8}, tmp_path, title_only)
     assert len(calls) == 1  # read from disk, encoder not called again
     for m in ("text", "kg"):
         np.testing.assert_array_equal(again[m][0], out[m][0])
         np.testing.assert_array_equal(again[m][1], out[m][1])
-    enc.cached_modalities("ml-100k", _items(["A", "B", "C", "E"]), None, ["text"], None, tmp_path)
+    enc.cached_modalities("ml-100k", _items(["A", "B", "C", "E"]), None, ["text"], None, tmp_path,
+                          title_only)
     assert len(calls) == 2  # different item set: new cache entry, never the stale one
     with pytest.raises(ValueError, match="unknown modalities"):
         enc.cached_modalities("x", items, None, ["audio"], None, tmp_path)

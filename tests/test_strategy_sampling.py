@@ -7,7 +7,8 @@ import pytest
 from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
 from strategies.aggregation import ReplyError
-from strategies.base import FedRecStrategy, dict_to_arrays
+from fedmm.protocol import dict_to_arrays
+from strategies.base import FedRecStrategy
 
 N_USERS = 40
 
