@@ -134,9 +134,11 @@ class ConfigSection:
                                       f"{what}") from None
             else:
                 values[f.name] = cast_value(key, raw, str(f.type))
-        out = cls(**values)
-        out.check()
-        return out
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        # Every construction is checked: from_mapping and direct use (GFMFRConfig(groups=0)).
+        self.check()
 
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the key when a value is out of range."""
@@ -185,9 +187,7 @@ class LocalSettings(ConfigSection):
             ldp_delta=0.0, eval_protocol="both", num_eval_negatives=99, topk=(5, 10, 20, 50), seed=0,
             **{f"{g}_optimizer": "" for g in OPTIM_GROUPS}, **{f"{g}_lr": 0.0 for g in OPTIM_GROUPS})
         base.update(overrides)
-        out = cls(**base)
-        out.check()
-        return out
+        return cls(**base)
 
     def check(self) -> None:
         bad = self.bad

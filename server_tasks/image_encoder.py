@@ -23,8 +23,8 @@ from fedmm.device import resolve_device
 from server_tasks.text_encoder import EncoderError
 
 #: Run-config key that selects the image encoder (named in error messages).
-IMAGE_CONFIG_KEY = "image-encoder"
-#: Values of ``image-encoder`` that mean the packaged EfficientNet-Lite0.
+IMAGE_CONFIG_KEY = "gfmfr-image-encoder"
+#: Values of ``gfmfr-image-encoder`` that mean the packaged EfficientNet-Lite0.
 EFFICIENTNET_ALIASES = frozenset({"", "default", "efficientnet-lite0", "efficientnet_lite0"})
 #: EfficientNet-Lite0 feature size (output channels of the head convolution).
 EFFICIENTNET_DIM = 1280
@@ -181,7 +181,7 @@ def encode_images(paths_or_urls: list[str], model: str | None = None, device="cp
         ``None`` (or ``"efficientnet-lite0"``) for the packaged EfficientNet-Lite0 (1280-d,
         224x224 centre crop); otherwise a local directory or cached HF name of a vision model
         (CLIP/SigLIP use their projected image embedding; others their pooled output). This is
-        the run-config key ``image-encoder``.
+        the run-config key ``gfmfr-image-encoder``.
     device : str, default "cpu"
     batch_size : int, default 32
         Images per forward pass (images are opened per batch, never all at once).

@@ -21,8 +21,8 @@ import torch
 
 from fedmm.device import resolve_device
 
-#: Run-config key that selects the text encoder (named in error messages).
-CONFIG_KEY = "text-encoder"
+#: Run-config keys that select the text encoder (named in error messages): GFMFR's and FedSLLM's.
+CONFIG_KEY = "gfmfr-text-encoder / fedsllm-text-encoder"
 #: Model names that resolve to the packaged all-MiniLM-L6-v2 copy.
 MINILM_ALIASES = frozenset({
     "", "default", "minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2",

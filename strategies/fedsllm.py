@@ -90,30 +90,31 @@ _PREFIX = "fedsllm-"
 class FedSLLMConfig(ConfigSection):
     """The ``fedsllm-*`` run-config keys, typed. Field ``foo_bar`` is the key ``fedsllm-foo-bar``.
 
-    Defaults and one-line docs live in ``pyproject.toml`` under ``# -- fedsllm``.
+    One-line docs live in ``pyproject.toml`` under ``# -- fedsllm``; the field defaults equal
+    pyproject's (a test checks it), so ``FedSLLMConfig(sampler="random")`` works alone.
     """
 
     #: All run-config keys of this section (filled in right after the class).
     KEYS: ClassVar[tuple[str, ...]] = ()
     PREFIX: ClassVar[str] = _PREFIX
 
-    sampler: str
-    fraction: float
-    eps: float
-    score: str
-    llm: str
-    api_key_env: str
-    llm_max_tokens: int
-    llm_temperature: float
-    max_prototypes: int
-    proto_update_every: int
-    align_every: int
-    text_encoder: str
-    ae_epochs: int
-    align_epochs: int
-    ae_lr: float
-    ae_init_baselines: bool
-    item_noun: str
+    sampler: str = "fedsllm"
+    fraction: float = 0.1
+    eps: float = 1e-6
+    score: str = "probability"
+    llm: str = "smollm2"
+    api_key_env: str = "OPENAI_API_KEY"
+    llm_max_tokens: int = 160
+    llm_temperature: float = 0.0
+    max_prototypes: int = 10
+    proto_update_every: int = 10
+    align_every: int = 10
+    text_encoder: str = ""
+    ae_epochs: int = 100
+    align_epochs: int = 20
+    ae_lr: float = 0.001
+    ae_init_baselines: bool = True
+    item_noun: str = ""
 
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the key when a value is out of range."""

@@ -91,7 +91,9 @@ KEY_PREFIX = "gfmfr-"
 @dataclass(frozen=True)
 class GFMFRConfig(ConfigSection):
     """GFMFR's run-config section, typed. Field ``foo_bar`` is the key ``gfmfr-foo-bar``
-    (``lambda_`` is ``gfmfr-lambda``); defaults and one-line docs live in ``pyproject.toml``.
+    (``lambda_`` is ``gfmfr-lambda``); one-line docs live in ``pyproject.toml``. The field
+    defaults equal pyproject's (a test checks it), so another project can build
+    ``GFMFRConfig(groups=3)`` without fedmm's run config.
     """
 
     #: Every run-config key this section reads (set below the class from the fields).
@@ -99,23 +101,23 @@ class GFMFRConfig(ConfigSection):
     PREFIX: ClassVar[str] = KEY_PREFIX
     PARSERS: ClassVar = {"modalities": (comma_list, "comma-separated list")}
 
-    groups: int
-    cluster: str
-    fusion: str
-    modalities: tuple[str, ...]
-    text_encoder: str
-    image_encoder: str
-    kg_dim: int
-    group_dim: int
-    hidden: int
-    epochs: int
-    lr: float
-    lambda_: float
-    lambda_schedule: str
-    lambda_beta: float
-    lambda_ramp: int
-    lambda_max: float
-    plot_users: int
+    groups: int = 5
+    cluster: str = "kmeans"
+    fusion: str = "mlp"
+    modalities: tuple[str, ...] = ("text", "image", "kg")
+    text_encoder: str = ""
+    image_encoder: str = ""
+    kg_dim: int = 64
+    group_dim: int = 16
+    hidden: int = 64
+    epochs: int = 20
+    lr: float = 0.01
+    lambda_: float = 0.1
+    lambda_schedule: str = "smooth-progressive"
+    lambda_beta: float = 0.9
+    lambda_ramp: int = 50
+    lambda_max: float = 1.0
+    plot_users: int = 100
 
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the key when a value is out of range."""

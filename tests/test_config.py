@@ -63,3 +63,15 @@ def test_every_declared_key_is_read():
     declared = set(defaults())
     assert read - declared == set(), f"read but not declared: {sorted(read - declared)}"
     assert declared - read == set(), f"declared but never read: {sorted(declared - read)}"
+
+
+def test_method_sections_have_typed_defaults_equal_to_pyproject():
+    """Another project builds GFMFRConfig() / FedSLLMConfig() without fedmm's run config; those
+    defaults must be the ones fedmm's own runs use."""
+    from strategies import FedSLLMConfig, GFMFRConfig
+
+    for cls in (GFMFRConfig, FedSLLMConfig):
+        assert cls() == cls.from_mapping(defaults()), cls.__name__
+    assert GFMFRConfig(groups=3).groups == 3
+    with pytest.raises(ConfigError, match="'gfmfr-groups' = 0: must be >= 1"):
+        GFMFRConfig(groups=0)

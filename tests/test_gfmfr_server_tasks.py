@@ -88,7 +88,7 @@ def test_text_encoder_local_model_dir_mean_pools(tmp_path):
 
 
 def test_text_encoder_errors_name_the_key(monkeypatch):
-    with pytest.raises(EncoderError, match="text-encoder"):
+    with pytest.raises(EncoderError, match="gfmfr-text-encoder / fedsllm-text-encoder"):
         encode_texts(["x"], model="/no/such/model/dir")
     with pytest.raises(TypeError, match=r"texts\[1\]"):
         encode_texts(["ok", None])
@@ -139,7 +139,7 @@ def test_hf_vision_model_path_clip_style(tmp_path):
     with pytest.warns(RuntimeWarning, match="1 of 2"):
         feats, mask = image_encoder.encode_images([str(img), ""], model=str(tmp_path / "clip"))
     assert feats.shape == (2, 8) and mask.tolist() == [True, False] and not feats[1].any()
-    with pytest.raises(EncoderError, match="image-encoder"):
+    with pytest.raises(EncoderError, match="gfmfr-image-encoder"):
         image_encoder.encode_images([str(img)], model="./no/such/dir")
 
 
