@@ -224,14 +224,21 @@ class FedSLLM(FedRecStrategy):
                 log_path=None if self.run_dir is None else self.run_dir / "prototype-prompts.jsonl")
         self.autoencoder = None
         self._x = None  # torch float32 (N, D): item text embeddings
-        self.names: list[str] = []
-        self.vectors: np.ndarray | None = None  # float32 (P, d), prototypes in force
-        self._source = ""
         self._pending = np.zeros(0, dtype=np.int64)  # counts summed since the last revision
         self._info: dict[str, Any] = {}
         self._summary: dict[str, Any] = {"sampler": settings.sampler, "pretrain-seconds": 0.0,
                                          "prototype-updates": 0, "alignments": 0,
                                          "prototype-seconds": 0.0}
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the prototypes in force (owned by :attr:`manager`; ``[]`` without one)."""
+        return self.manager.names if self.manager is not None else []
+
+    @property
+    def vectors(self) -> np.ndarray | None:
+        """float32 ``(P, d)`` prototypes in force (owned by :attr:`manager`)."""
+        return self.manager.vectors if self.manager is not None else None
 
     @classmethod
     def build(cls, common: dict[str, Any], cfg: RunConfig, run_config: Mapping[str, Any],
@@ -306,14 +313,11 @@ class FedSLLM(FedRecStrategy):
         self._summary["pretrain-seconds"] = time.perf_counter() - start
         return arrays
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """Adds the sampler settings to the train config (see the module's message contract)."""
+    def train_config(self, server_round: int) -> dict[str, Any]:
+        """The sampler settings of every train message (see the module's message contract)."""
         s = self.settings
-        config = ConfigRecord({**dict(config), SAMPLER_CFG: s.sampler,
-                               FRACTION_CFG: float(s.fraction), EPS_CFG: float(s.eps),
-                               SCORE_CFG: s.score})
-        return super().configure_train(server_round, arrays, config, grid)
+        return {SAMPLER_CFG: s.sampler, FRACTION_CFG: float(s.fraction), EPS_CFG: float(s.eps),
+                SCORE_CFG: s.score}
 
     def train_payload(self, server_round: int, node_ids: list[int]) -> dict[int, dict[str, Any]]:
         """Prototype embeddings and item-prototype similarities (prototype samplers only)."""
@@ -359,7 +363,7 @@ class FedSLLM(FedRecStrategy):
         if server_round % s.proto_update_every == 0:
             self._revise(server_round, table, counts=self._pending)
         elif aligned:
-            self.vectors = self._embed_names(self.names)
+            self.manager.reembed()
         return arrays
 
     def round_info(self) -> dict[str, Any]:
@@ -394,14 +398,13 @@ class FedSLLM(FedRecStrategy):
     def _revise(self, server_round: int, table: np.ndarray, counts: np.ndarray | None) -> None:
         """Ask the backend for the initial (``counts=None``) or revised prototype set."""
         start = time.perf_counter()
+        previous = self.names
         result = self.manager.update(
             server_round, counts=counts,
             item_embeddings=table if self.settings.sampler == "cluster" else None)
         if result.vectors is None:  # pragma: no cover - both backends give vectors here
             raise RuntimeError("prototype backend produced no vectors")
         seconds = time.perf_counter() - start
-        previous = self.names
-        self.names, self.vectors, self._source = list(result.names), result.vectors, result.source
         self._pending = np.zeros(len(self.names), dtype=np.int64)
         if server_round > 0:
             self._summary["prototype-updates"] += 1

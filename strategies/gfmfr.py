@@ -267,7 +267,7 @@ class GFMFR(FedRecStrategy):
         tables, notes = item_modalities(cfg.dataset, side.items, side.kg, settings.modalities,
                                         encoders, cache)
         for m, note in notes.items():
-            log(INFO, "gfmfr: modality '%s': %s", m, note)
+            log(INFO, "gfmfr: modality '%s' %s", m, note)
         seconds = time.perf_counter() - t
         log(INFO, "gfmfr: modalities %s (%.1fs to encode or load from %s)",
             {m: f.shape[1] for m, (f, _) in tables.items()}, seconds, cache)

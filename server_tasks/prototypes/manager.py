@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -121,6 +121,28 @@ class PrototypeManager:
     def names(self) -> list[str]:
         """Current prototype names (``[]`` before the first update)."""
         return list(self._current.names) if self._current else []
+
+    @property
+    def vectors(self) -> np.ndarray | None:
+        """float32 ``(P, d)`` embeddings of the current prototypes (``None`` before the first
+        update or without an embedder)."""
+        return None if self._current is None else self._current.vectors
+
+    def reembed(self) -> PrototypeSet:
+        """Re-embed the current names with ``embed_fn`` (after the embedder changed, e.g. an
+        encoder alignment); the names, source and round stay. The manager stays the one owner
+        of the prototypes in force.
+
+        Raises
+        ------
+        RuntimeError
+            No prototypes yet, no ``embed_fn``, or the backend's own vectors are in force
+            (cluster centroids are not text embeddings).
+        """
+        if self._current is None or self.embed_fn is None or self._backend_vectors:
+            raise RuntimeError("reembed needs text prototypes in force and an embed_fn")
+        self._current = replace(self._current, vectors=self._embed(self._current.names, None))
+        return self._current
 
     def _embed(self, names: list[str], vectors: np.ndarray | None) -> np.ndarray | None:
         if vectors is not None:
