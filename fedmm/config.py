@@ -251,6 +251,10 @@ class RunConfig(ConfigSection):
     num_server_rounds: int
     fraction_train: float
     aggregation: str
+    min_train_replies: int
+    max_eval_failures: float
+    round_timeout: float
+    node_timeout: float
     # local training and evaluation (seed, device, optimisers, negatives, top-K, ...)
     local: LocalSettings
     # evaluation schedule and selection
@@ -288,6 +292,13 @@ class RunConfig(ConfigSection):
                 raise bad(key, "must be > 0")
         if not 0.0 < self.fraction_train <= 1.0:
             raise bad("fraction-train", "must be in (0, 1]")
+        if self.min_train_replies < 1:
+            raise bad("min-train-replies", "must be >= 1")
+        if not 0.0 <= self.max_eval_failures < 1.0:
+            raise bad("max-eval-failures", "must be in [0, 1)")
+        for key in ("round-timeout", "node-timeout"):
+            if getattr(self, key.replace("-", "_")) <= 0:
+                raise bad(key, "must be > 0 seconds")
         if self.centralised_epochs < 0:
             raise bad("centralised-epochs", "must be >= 0 (0 skips the centralised row)")
         if self.centralised_lr <= 0:

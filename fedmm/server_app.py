@@ -48,7 +48,7 @@ def main(grid: Grid, context: Context) -> None:
     t = time.time()
     initial = strategy.initial_arrays(initial)
     strategy.start(grid=grid, initial_arrays=dict_to_arrays(initial),
-                   num_rounds=cfg.num_server_rounds)
+                   num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout)
     extra = strategy.finish()
     final = summarize(strategy.history, strategy.best, cfg.select_metric, time.time() - t)
     final.update(extra)

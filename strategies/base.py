@@ -68,7 +68,16 @@ class FedRecStrategy(FedAvg):
         Name of the shared item table among the arrays (item-wise aggregation and the method
         strategies read it).
     node_timeout : float, default 300
-        Seconds to wait for ``min_available_nodes`` before failing with a clear error.
+        Seconds to wait for ``min_available_nodes`` before round 1, failing with a clear error
+        after that. Later rounds sample from the nodes connected then (a lost node costs only
+        its own updates; the round record counts them in ``nodes``).
+    min_train_replies : int, default 1
+        A training round with fewer successful replies fails the run; failed replies are
+        logged and listed in the round record (``failures``, ``failed-users``).
+    max_eval_failures : float, default 0.0
+        Share of evaluate replies that may fail (lost nodes, timeouts) before the run fails;
+        the mean is then over the users that answered, and the round record says how many did
+        not (``eval-failures``, ``eval-failed-users``). 0: every user must answer.
     num_rounds : int, optional
         Only for driving the hooks by hand (tests); :meth:`start`'s ``num_rounds`` is the one
         that counts and replaces it.
@@ -78,13 +87,20 @@ class FedRecStrategy(FedAvg):
                  select_metric: str = "valid_sampled_ndcg@10", aggregation: str = "fedavg",
                  seed: int = 0, on_round: Callable[[dict[str, Any]], None] | None = None,
                  min_available_nodes: int = 1, item_table_key: str = ITEM_TABLE_KEY,
-                 node_timeout: float = 300.0, num_rounds: int | None = None) -> None:
+                 node_timeout: float = 300.0, min_train_replies: int = 1,
+                 max_eval_failures: float = 0.0, num_rounds: int | None = None) -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=1.0, min_train_nodes=1,
                          min_evaluate_nodes=1, min_available_nodes=min_available_nodes)
         if aggregation not in ("fedavg", "mean", "itemwise"):
             raise ValueError(f"aggregation must be 'fedavg', 'mean' or 'itemwise', got {aggregation!r}")
         if eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+        if min_train_replies < 1 or not 0.0 <= max_eval_failures < 1.0:
+            raise ValueError(f"need min_train_replies >= 1 and 0 <= max_eval_failures < 1, got "
+                             f"{min_train_replies} and {max_eval_failures}")
+        self.min_train_replies = int(min_train_replies)
+        self.max_eval_failures = float(max_eval_failures)
+        self._started = False                    # discover_users done: no more waiting
         self.num_rounds = num_rounds
         self.eval_every = eval_every
         self.select_metric = select_metric
@@ -99,6 +115,7 @@ class FedRecStrategy(FedAvg):
         self._round: dict[str, Any] = {}         # this round's record, filled by four hooks
         self._t0 = 0.0
         self._t_eval = 0.0
+        self._eval_sent: set[int] = set()        # nodes asked to evaluate this round
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
 
@@ -134,14 +151,25 @@ class FedRecStrategy(FedAvg):
 
     # ----- sampling ---------------------------------------------------------------------------
     def _nodes(self, grid: Grid) -> list[int]:
-        """Connected nodes (sorted), after waiting up to ``node_timeout`` for
-        ``min_available_nodes`` of them.
+        """Connected nodes (sorted). Before round 1, waits up to ``node_timeout`` for
+        ``min_available_nodes`` of them; later, returns whoever is connected (at least one).
 
         Raises
         ------
         RuntimeError
-            Fewer nodes than ``min_available_nodes`` after ``node_timeout`` seconds.
+            Fewer nodes than ``min_available_nodes`` after ``node_timeout`` seconds (before
+            round 1), or no node at all for ``node_timeout`` seconds (later).
         """
+        if self._started:
+            t = time.monotonic()
+            while not (nodes := sorted(grid.get_node_ids())):
+                if time.monotonic() - t > self.node_timeout:
+                    raise RuntimeError(f"no node connected for {self.node_timeout:.0f}s")
+                time.sleep(0.5)
+            if len(nodes) < self.min_available_nodes:
+                log(WARNING, "fedmm: %d of %d nodes connected; sampling among those",
+                    len(nodes), self.min_available_nodes)
+            return nodes
         t = time.monotonic()
         last_log = -1.0
         while len(nodes := sorted(grid.get_node_ids())) < self.min_available_nodes:
@@ -209,6 +237,7 @@ class FedRecStrategy(FedAvg):
         ``num_rounds`` rounds (also the last round, which is always evaluated)."""
         self.num_rounds = int(num_rounds)
         self.user_of = self.discover_users(grid, timeout)
+        self._started = True
         return super().start(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds,
                              timeout=timeout, train_config=train_config,
                              evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)
@@ -234,7 +263,7 @@ class FedRecStrategy(FedAvg):
             content = RecordDict({ARRAYS: arrays, CONFIG: cfg, **payload.get(nid, {})})
             self._down[nid] = record_bytes(content)
             messages.append(Message(content=content, dst_node_id=nid, message_type=MessageType.TRAIN))
-        self._round.update({"clients": len(sampled),
+        self._round.update({"clients": len(sampled), "nodes": len(nodes),
                             "bytes-down-per-client": sum(self._down.values()) / max(len(sampled), 1)})
         return messages
 
@@ -256,12 +285,16 @@ class FedRecStrategy(FedAvg):
         failed = [m for m in replies if m.has_error()]
         for m in failed:
             log(WARNING, "train reply from node %d failed: %s", m.metadata.src_node_id, m.error.reason)
-        if not ok:
-            raise RuntimeError(f"round {server_round}: all {len(replies)} train replies failed; "
-                               f"see the client errors above")
-        self._round["failures"] = len(failed)
-        if failed:
-            self._round["failed-users"] = [self.user_of.get(m.metadata.src_node_id, -1) for m in failed]
+        if len(ok) < self.min_train_replies:
+            raise RuntimeError(f"round {server_round}: {len(ok)} of {len(replies)} train replies "
+                               f"succeeded, fewer than min-train-replies = {self.min_train_replies}"
+                               f"; see the client errors above")
+        # A node that died or timed out sends nothing: count it as failed too.
+        lost = [m.metadata.src_node_id for m in failed] + sorted(
+            set(self._down) - {m.metadata.src_node_id for m in replies})
+        self._round["failures"] = len(lost)
+        if lost:
+            self._round["failed-users"] = [self.user_of.get(n, -1) for n in lost]
         parsed = [TrainReply.parse(m, self.user_of.get(m.metadata.src_node_id)) for m in ok]
         assert self._global is not None
         check_reply_arrays([r.arrays for r in parsed], self._global, [r.node for r in parsed])
@@ -306,8 +339,10 @@ class FedRecStrategy(FedAvg):
             return []
         cfg = ConfigRecord({**dict(config), SERVER_ROUND: server_round})
         content = RecordDict({ARRAYS: arrays, CONFIG: cfg})
+        nodes = self._nodes(grid)
+        self._eval_sent = set(nodes)
         return [Message(content=content, dst_node_id=nid, message_type=MessageType.EVALUATE)
-                for nid in self._nodes(grid)]
+                for nid in nodes]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         # User order, not arrival order: the float mean over users is then the same every run.
@@ -315,10 +350,23 @@ class FedRecStrategy(FedAvg):
         result = None
         if replies:
             failed = [m for m in replies if m.has_error()]
-            if failed:
-                raise RuntimeError(f"round {server_round}: {len(failed)} of {len(replies)} evaluate "
-                                   f"replies failed (first: {failed[0].error.reason}); an evaluation "
-                                   f"over a subset of users would not be comparable")
+            expected = max(len(self._eval_sent), len(replies))
+            missing = sorted(self._eval_sent - {m.metadata.src_node_id for m in replies})
+            lost = len(failed) + len(missing)
+            if lost > self.max_eval_failures * expected:
+                first = failed[0].error.reason if failed else "no reply before the timeout"
+                raise RuntimeError(f"round {server_round}: {lost} of {expected} evaluate replies "
+                                   f"failed or never came (first: {first}); max-eval-failures = "
+                                   f"{self.max_eval_failures} allows "
+                                   f"{int(self.max_eval_failures * expected)}")
+            if lost:
+                log(WARNING, "round %d: %d of %d evaluate replies failed or never came; the "
+                    "mean is over the %d users that answered", server_round, lost, expected,
+                    expected - lost)
+                self._round["eval-failures"] = lost
+                self._round["eval-failed-users"] = [
+                    self.user_of.get(n, -1) for n in [m.metadata.src_node_id for m in failed] + missing]
+            replies = [m for m in replies if not m.has_error()]
             per_user = [{k: float(v) for k, v in dict(m.content[METRICS]).items()} for m in replies]
             agg = mean_metrics(per_user, skip=(NUM_EXAMPLES,))
             agg["eval-users"] = len(per_user)

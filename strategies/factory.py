@@ -19,7 +19,8 @@ def build_strategy(cfg: RunConfig, data: Any, on_round: Callable[[dict], None] |
     common = dict(fraction_train=cfg.fraction_train,
                   eval_every=cfg.eval_every, select_metric=cfg.select_metric,
                   aggregation=cfg.aggregation, seed=cfg.seed, on_round=on_round,
-                  min_available_nodes=data.num_users)
+                  min_available_nodes=data.num_users, node_timeout=cfg.node_timeout,
+                  min_train_replies=cfg.min_train_replies, max_eval_failures=cfg.max_eval_failures)
     if cfg.method == "base":
         return FedRecStrategy(**common)
     if cfg.method == "gfmfr":

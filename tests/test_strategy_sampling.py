@@ -125,3 +125,68 @@ def test_server_update_sees_replies_in_user_order_not_arrival_order(serverapp_id
         # The user of each parsed reply comes from the query round, not from the reply.
         assert strat.users == seen[-1]
     assert seen[0] == seen[1] == sorted(seen[0]) and len(seen[0]) == 8
+
+
+def _train_reply(m: Message) -> Message:
+    return _reply(m, RecordDict({
+        "arrays": dict_to_arrays({"item_emb.weight": np.ones((5, 2), np.float32)}),
+        "metrics": MetricRecord({"num-examples": 3, "train-loss": 0.5})}))
+
+
+def test_lost_train_replies_cost_only_their_own_update(serverapp_identity):
+    grid = UserGrid(0)
+    strat = FedRecStrategy(fraction_train=0.2, seed=0, min_train_replies=5, num_rounds=2)
+    strat.user_of = strat.discover_users(grid)
+    arrays = dict_to_arrays({"item_emb.weight": np.zeros((5, 2), np.float32)})
+    msgs = list(strat.configure_train(1, arrays, ConfigRecord({}), grid))
+    assert len(msgs) == 8
+    # one reply is an error, one node never answers (died / timed out), six succeed
+    replies = [_reply(msgs[0], None, "client crashed")] + [_train_reply(m) for m in msgs[2:]]
+    new, _ = strat.aggregate_train(1, replies)
+    assert new is not None and np.allclose(new["item_emb.weight"].numpy(), 1.0)
+    lost_users = sorted(grid.user_of[m.metadata.dst_node_id] for m in msgs[:2])
+    assert strat._round["failures"] == 2 and sorted(strat._round["failed-users"]) == lost_users
+    # fewer successes than min-train-replies: the run stops with a message saying why
+    msgs = list(strat.configure_train(2, arrays, ConfigRecord({}), grid))
+    with pytest.raises(RuntimeError, match="4 of 4 train replies succeeded, fewer than "
+                                           "min-train-replies = 5"):
+        strat.aggregate_train(2, [_train_reply(m) for m in msgs[:4]])
+
+
+def _eval_reply(m: Message, value: float) -> Message:
+    return _reply(m, RecordDict({"metrics": MetricRecord({"valid_sampled_ndcg@10": value})}))
+
+
+@pytest.mark.parametrize("allowed, ok", [(0.0, False), (0.05, True)])
+def test_evaluation_tolerates_lost_nodes_up_to_max_eval_failures(serverapp_identity, allowed, ok):
+    grid = UserGrid(0)
+    strat = FedRecStrategy(fraction_train=0.2, seed=0, eval_every=1, max_eval_failures=allowed,
+                           num_rounds=1)
+    strat.user_of = strat.discover_users(grid)
+    arrays = dict_to_arrays({"item_emb.weight": np.zeros((5, 2), np.float32)})
+    msgs = list(strat.configure_evaluate(1, arrays, ConfigRecord({}), grid))
+    assert len(msgs) == N_USERS
+    replies = [_eval_reply(m, 1.0) for m in msgs[1:]]          # node of msgs[0] never answers
+    if not ok:
+        with pytest.raises(RuntimeError, match="1 of 40 evaluate replies failed or never came"):
+            strat.aggregate_evaluate(1, replies)
+        return
+    result = strat.aggregate_evaluate(1, replies)
+    assert result["valid_sampled_ndcg@10"] == 1.0 and result["eval-users"] == N_USERS - 1
+    assert strat.history[-1]["eval-failures"] == 1
+    assert strat.history[-1]["eval-failed-users"] == [grid.user_of[msgs[0].metadata.dst_node_id]]
+
+
+def test_after_round_one_sampling_does_not_wait_for_lost_nodes(serverapp_identity):
+    grid = UserGrid(0)
+    strat = FedRecStrategy(fraction_train=0.5, seed=0, min_available_nodes=N_USERS,
+                           node_timeout=0.1, num_rounds=3)
+    strat.user_of = strat.discover_users(grid)
+    strat._started = True                                   # as start() sets after the query round
+    del grid.user_of[next(iter(grid.user_of))]              # a SuperNode died
+    msgs = list(strat.configure_train(2, dict_to_arrays({"item_emb.weight": np.zeros((5, 2), np.float32)}),
+                                      ConfigRecord({}), grid))
+    assert len(msgs) == (N_USERS - 1) // 2 and strat._round["nodes"] == N_USERS - 1
+    fresh = FedRecStrategy(min_available_nodes=N_USERS, node_timeout=0.1)   # before round 1
+    with pytest.raises(RuntimeError, match="only 39 of 40 nodes connected after 0s"):
+        fresh.discover_users(grid)
