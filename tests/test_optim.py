@@ -112,3 +112,22 @@ def test_run_config_override_changes_the_client_update():
     base = moved(**{"items-lr": 1.0})
     assert moved(**{"items-lr": 2.0}) == pytest.approx(2 * base, rel=1e-4)
     assert moved(**{"items-optimizer": "adam", "items-lr": 0.01}) == pytest.approx(0.01, rel=0.05)
+
+
+def test_group_clip_bounds_the_step():
+    """With clip c, one SGD step moves a group by at most lr * c (L2 over the group)."""
+    import torch
+
+    from fedmm.models.optim import GroupedOptimizer, GroupOptim
+
+    w = torch.nn.Parameter(torch.zeros(4))
+    v = torch.nn.Parameter(torch.zeros(3))
+    opt = GroupedOptimizer({"items": [w], "private": [v]},
+                           {"items": GroupOptim("sgd", 1.0, clip=0.5), "private": GroupOptim("sgd", 1.0)},
+                           [("items", "private")])
+    (100.0 * w.sum() + 100.0 * v.sum()).backward()
+    opt.step(("items", "private"))
+    assert torch.linalg.vector_norm(w).item() == pytest.approx(0.5, rel=1e-5)   # clipped
+    assert torch.linalg.vector_norm(v).item() == pytest.approx(100.0 * 3 ** 0.5)  # not clipped
+    with pytest.raises(ValueError, match="clip norm must be >= 0"):
+        GroupOptim("sgd", 1.0, clip=-1.0)

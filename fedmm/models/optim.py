@@ -45,11 +45,16 @@ class GroupOptim:
         Learning rate, ``> 0``.
     weight_decay : float, default 0.0
         L2 penalty of the optimiser, ``>= 0``.
+    clip : float, default 0.0
+        If ``> 0``, the group's gradient is rescaled to at most this L2 norm (over all the
+        group's parameters, ``torch.nn.utils.clip_grad_norm_``) before each step, as the
+        official FedPerGNN code's Keras ``clipnorm``; ``0`` = no clipping.
     """
 
     name: str
     lr: float
     weight_decay: float = 0.0
+    clip: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -58,6 +63,8 @@ class GroupOptim:
             raise ValueError(f"optimizer learning rate must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if self.clip < 0:
+            raise ValueError(f"gradient clip norm must be >= 0 (0 = off), got {self.clip}")
 
     def build(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
         """A fresh torch optimiser over ``params``."""
@@ -145,12 +152,17 @@ class GroupedOptimizer:
         self.optimizers = {
             g: replace(optims[g], weight_decay=optims[g].weight_decay + weight_decay).build(list(groups[g]))
             for g in nonempty}
+        self._clip = {g: (list(groups[g]), optims[g].clip) for g in nonempty if optims[g].clip > 0}
 
     def zero_grad(self) -> None:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
 
     def step(self, groups: Sequence[str]) -> None:
-        """Step the optimisers of ``groups`` (after ``backward``)."""
+        """Step the optimisers of ``groups`` (after ``backward``), clipping first where the
+        group's :attr:`GroupOptim.clip` is set."""
         for g in groups:
+            if g in self._clip:
+                params, norm = self._clip[g]
+                torch.nn.utils.clip_grad_norm_(params, norm)
             self.optimizers[g].step()
