@@ -50,6 +50,8 @@ class FedRecClient(NumPyClient):
         self.data = data
         self._shared_keys = model.shared_keys()
         self._private_keys = model.private_keys()
+        #: int64 (N,) training samples per item of the last fit (item-wise aggregation only).
+        self._item_counts: np.ndarray | None = None
 
     # ----- parameters -----------------------------------------------------------------------
     @property
@@ -98,7 +100,7 @@ class FedRecClient(NumPyClient):
     def upload_extras(self) -> dict[str, np.ndarray]:
         """Arrays sent back besides the shared parameters: ``item-counts`` (how many training
         samples touched each item) when the server asked for item-wise aggregation."""
-        counts = getattr(self, "_item_counts", None)
+        counts = self._item_counts
         return {} if counts is None else {ITEM_COUNTS: counts}
 
     # ----- training -------------------------------------------------------------------------
