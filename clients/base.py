@@ -10,7 +10,12 @@ Hooks for the method clients (GFMFR, FedSLLM):
 * :meth:`receive` — method-specific payload from the server message (arrays by name);
 * :meth:`training_positives` — which of the user's training positives to train on this round;
 * :meth:`extra_loss` — a term added to the per-batch loss;
-* :meth:`upload_extras` — method-specific arrays to send back besides the shared parameters.
+* :meth:`upload_extras` — method-specific arrays to send back besides the shared parameters
+  (integer counts go through :meth:`noisy_counts`).
+
+Upload privacy (:mod:`fedmm.privacy`): ``pad-items`` pads the item table with pseudo
+interactions, then ``ldp-delta`` adds Laplace noise to every uploaded float and geometric noise
+to every uploaded count.
 """
 from __future__ import annotations
 
@@ -26,7 +31,11 @@ from fedmm.device import resolve_device
 from fedmm.metrics import leave_one_out_metrics
 from fedmm.models.base import FedRecModel
 from fedmm.models.optim import GroupedOptimizer, resolve_optimizers
-from fedmm.protocol import ITEM_COUNTS, TRAIN_LOSS
+from fedmm.privacy import count_noise, laplace_noise, pad_item_updates
+from fedmm.protocol import ITEM_COUNTS, ITEM_TABLE_KEY, TRAIN_LOSS
+
+#: RNG stream tags (4th seed word) of the upload's privacy draws, apart from training's stream.
+_COUNT_STREAM, _PAD_STREAM = 2, 3
 
 
 class FedRecClient(NumPyClient):
@@ -52,6 +61,7 @@ class FedRecClient(NumPyClient):
         self._private_keys = model.private_keys()
         #: int64 (N,) training samples per item of the last fit (item-wise aggregation only).
         self._item_counts: np.ndarray | None = None
+        self._round = 0                          # server round of the last fit
 
     # ----- parameters -----------------------------------------------------------------------
     @property
@@ -98,10 +108,21 @@ class FedRecClient(NumPyClient):
         return None
 
     def upload_extras(self) -> dict[str, np.ndarray]:
-        """Arrays sent back besides the shared parameters: ``item-counts`` (how many training
-        samples touched each item) when the server asked for item-wise aggregation."""
+        """Arrays sent back besides the shared parameters: ``item-counts`` int64 ``(N,)`` (how
+        many training samples touched each item, padded items included, count-noised under
+        ``ldp-delta``) when the server asked for item-wise aggregation."""
         counts = self._item_counts
-        return {} if counts is None else {ITEM_COUNTS: counts}
+        return {} if counts is None else {ITEM_COUNTS: self.noisy_counts(counts, _COUNT_STREAM)}
+
+    def noisy_counts(self, counts: np.ndarray, stream: int) -> np.ndarray:
+        """``counts`` (int, any shape) with :func:`~fedmm.privacy.count_noise` of scale
+        ``ldp-delta`` (unchanged when it is 0), drawn from the seeded stream ``(seed, round of
+        the last fit, user, stream)``: the same counts on every call of one round."""
+        if self.settings.ldp_delta == 0:
+            return counts
+        rng = np.random.default_rng([self.settings.seed, self._round,
+                                     self.data.user, stream])
+        return count_noise(counts, self.settings.ldp_delta, rng)
 
     # ----- training -------------------------------------------------------------------------
     def optimizer(self) -> GroupedOptimizer:
@@ -117,6 +138,7 @@ class FedRecClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
         self.set_parameters(parameters)
         server_round = int(config.get("server-round", 0))
+        self._round = server_round
         self.model.set_round(server_round)
         rng = self._rng(server_round)
         torch.manual_seed(int(rng.integers(2**31)))
@@ -151,9 +173,12 @@ class FedRecClient(NumPyClient):
                 batches += 1
         self._item_counts = counts if config.get("aggregation") == "itemwise" else None
         params = self.get_parameters({})
+        if s.pad_items > 0:  # before the noise: padded rows are noised like every other row
+            t = self._shared_keys.index(ITEM_TABLE_KEY)
+            pad_rng = np.random.default_rng([s.seed, server_round, self.data.user, _PAD_STREAM])
+            params[t], _, self._item_counts = pad_item_updates(
+                parameters[t], params[t], self.data.interacted, s.pad_items, pad_rng, self._item_counts)
         if s.ldp_delta > 0:
-            from fedmm.privacy import laplace_noise
-
             params = laplace_noise(params, s.ldp_delta, rng)
         num_examples = int(n_pos * (1 + s.num_negatives))
         return params, num_examples, {TRAIN_LOSS: total / max(batches, 1), "num-positives": int(n_pos)}

@@ -56,6 +56,8 @@ SELECTED_EVER_KEY = "fedsllm.selected-ever"
 FEDSELECT_LOSS_KEY, FEDSELECT_MARGIN_KEY = "fedsllm.fedselect-loss", "fedsllm.fedselect-margin"
 #: Stream tag of the ``random`` sampler's RNG (separate from the training RNG stream).
 _RANDOM_STREAM = 7
+#: Stream tag of the prototype counts' noise (``ldp-delta``; the base item counts use 2).
+_COUNT_STREAM = 4
 
 
 class FedSLLMClient(FedRecClient):
@@ -231,10 +233,12 @@ class FedSLLMClient(FedRecClient):
         self._fs_loss = after
 
     def upload_extras(self) -> dict[str, np.ndarray]:
-        """Base extras plus ``prototype-counts`` int64 ``(P,)`` for the prototype samplers."""
+        """Base extras plus ``prototype-counts`` int64 ``(P,)`` for the prototype samplers
+        (geometric noise clipped at 0 under ``ldp-delta``, :meth:`noisy_counts`)."""
         extras = super().upload_extras()
         if self.selection is not None and self.selection.counts is not None:
-            extras[PROTOTYPE_COUNTS] = self.selection.counts.astype(np.int64)
+            extras[PROTOTYPE_COUNTS] = self.noisy_counts(self.selection.counts.astype(np.int64),
+                                                         _COUNT_STREAM)
         return extras
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:

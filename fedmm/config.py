@@ -170,6 +170,7 @@ class LocalSettings(ConfigSection):
     num_negatives: int
     device: str
     ldp_delta: float
+    pad_items: int
     eval_protocol: str
     num_eval_negatives: int
     topk: tuple[int, ...]
@@ -184,7 +185,7 @@ class LocalSettings(ConfigSection):
         for code that drives a client without a run config."""
         base: dict[str, Any] = dict(
             local_epochs=1, weight_decay=0.0, batch_size=256, num_negatives=4, device="cpu",
-            ldp_delta=0.0, eval_protocol="both", num_eval_negatives=99, topk=(5, 10, 20, 50), seed=0,
+            ldp_delta=0.0, pad_items=0, eval_protocol="both", num_eval_negatives=99, topk=(5, 10, 20, 50), seed=0,
             **{f"{g}_optimizer": "" for g in OPTIM_GROUPS}, **{f"{g}_lr": 0.0 for g in OPTIM_GROUPS})
         base.update(overrides)
         return cls(**base)
@@ -207,6 +208,9 @@ class LocalSettings(ConfigSection):
             raise bad("num-negatives", "must be >= 1")
         if self.weight_decay < 0 or self.ldp_delta < 0:
             raise bad("weight-decay" if self.weight_decay < 0 else "ldp-delta", "must be >= 0")
+        if self.pad_items < 0:
+            raise bad("pad-items", "must be >= 0 (number of random unrated items whose item-table "
+                                   "rows are also changed per round; 0 = no padding)")
         if not self.topk or min(self.topk) < 1:
             raise bad("topk", "give comma-separated positive integers, e.g. \"5,10,20,50\"")
 

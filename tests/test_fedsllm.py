@@ -616,3 +616,26 @@ def test_fedsllm_end_to_end_through_flower(tmp_path, tiny_grouplens, chat_server
     best = next(r for r in rounds if r["round"] == final["best_round"])
     assert final["test"]["sampled_hr@10"] == best["test_sampled_hr@10"]
     assert final["valid"]["sampled_ndcg@10"] == best["valid_sampled_ndcg@10"]
+
+
+def test_prototype_counts_are_count_noised_under_ldp():
+    """``ldp-delta`` covers the uploaded prototype counts: two-sided geometric noise clipped at
+    0 (int64, non-negative, same on every call of a round); 0 keeps them exact."""
+    def counts(delta: float) -> np.ndarray:
+        torch.manual_seed(0)
+        data = UserData(user=3, train=np.arange(0, 2 * N_TRAIN, 2, dtype=np.int64), valid=1,
+                        test=3, num_items=N_ITEMS)
+        settings = LocalSettings.make(local_epochs=1, batch_size=16, num_negatives=2, topk=(10,),
+                                      eval_protocol="sampled", num_eval_negatives=10,
+                                      ldp_delta=delta)
+        client = FedSLLMClient(build_model("pfedrec", N_ITEMS, DIM), data, settings)
+        client.receive(_payload(p=40), {})
+        client.fit(_global_params(), _config("fedsllm"))
+        first = client.upload_extras()["prototype-counts"]
+        assert np.array_equal(client.upload_extras()["prototype-counts"], first)
+        return first
+
+    exact, noisy = counts(0.0), counts(3.0)
+    assert exact.sum() == N_TRAIN
+    assert noisy.dtype == np.int64 and (noisy >= 0).all()
+    assert (noisy != exact).sum() >= 10  # scale 3 moves most of the 40 counts
