@@ -58,7 +58,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from logging import INFO
 from pathlib import Path
@@ -66,9 +66,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
-from flwr.serverapp import Grid
 
 from clients.selection import PROTOTYPE_METHODS, SAMPLERS, SCORE_FORMS
 from fedmm.config import ConfigSection, RunConfig
