@@ -8,6 +8,13 @@ CONNECTION="${FEDMM_CONNECTION:-fedmm}"
 
 die() { echo "error: $*" >&2; exit 2; }
 
+check_args() {  # check_args MIN MAX "$@": -h/--help prints $usage; a wrong count exits 2 with it
+    local min=$1 max=$2
+    shift 2
+    if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then echo "$usage"; exit 0; fi
+    if (( $# < min || $# > max )); then echo "$usage" >&2; exit 2; fi
+}
+
 need() {  # need TOOL...: each must be on PATH
     local t
     for t in "$@"; do
@@ -27,8 +34,36 @@ deploy_env() {  # deploy_env DEPLOY_DIR: absolute DEPLOY_DIR in $DEPLOY, Flower'
 
 pid_alive() {  # pid_alive PID: running (a zombie, exited but not reaped, is not)
     local st
-    st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    if [[ -d /proc/self ]]; then  # Linux, also where ps is not installed
+        st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+        st=${st##*) }
+    else
+        st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    fi
     [[ -n "$st" && "$st" != Z* ]]
+}
+
+pid_args() {  # pid_args PID: its command line
+    if [[ -d /proc/self ]]; then
+        tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null || true
+    else
+        ps -o args= -p "$1" 2>/dev/null || true
+    fi
+}
+
+pid_children() {  # pid_children PID: its direct children (ps, or /proc where ps is missing)
+    if command -v ps >/dev/null 2>&1; then
+        ps -o pid= --ppid "$1" 2>/dev/null || true
+        return 0
+    fi
+    local f st ppid
+    for f in /proc/[0-9]*/stat; do
+        st=$(cat "$f" 2>/dev/null) || continue
+        st=${st##*) }
+        read -r _ ppid _ <<< "$st"
+        [[ "$ppid" == "$1" ]] && { f=${f#/proc/}; echo "${f%/stat}"; }
+    done
+    return 0
 }
 
 port_open() {  # port_open HOST PORT: something accepts connections there

@@ -10,8 +10,7 @@ usage="usage: deploy/make_certs.sh DEPLOY_DIR NUM_NODES [HOST_OR_IP...]
   DEPLOY_DIR/keys/node-<u>.pub its public key: registered at the SuperLink (deploy/register_nodes.sh)
 HOST_OR_IP: every address the SuperNodes and flwr use to reach the SuperLink (IPs or DNS names)."
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-[[ $# -ge 2 ]] || { echo "$usage" >&2; exit 2; }
-[[ "$1" != -* ]] || { echo "$usage"; exit 0; }
+check_args 2 1000 "$@"
 [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "NUM_NODES must be a positive integer, got '$2'"$'\n'"$usage"
 need openssl ssh-keygen
 dir=$1 num=$2
@@ -54,6 +53,7 @@ openssl req -new -newkey rsa:2048 -nodes -sha256 -config "$certs/server.cnf" \
 openssl x509 -req -in "$certs/server.csr" -CA "$certs/ca.crt" -CAkey "$certs/ca.key" \
     -CAcreateserial -days 365 -sha256 -extfile "$certs/server.cnf" -extensions ext \
     -out "$certs/server.pem" 2>/dev/null
+rm -f "$certs/server.csr"
 chmod 644 "$certs/ca.crt" "$certs/server.pem"
 openssl verify -CAfile "$certs/ca.crt" "$certs/server.pem" >/dev/null
 

@@ -13,7 +13,7 @@ usage="usage: deploy/run.sh DEPLOY_DIR SUPERLINK_ADDRESS [run.py OPTIONS...]
   (the SuperLink machine): OPTIONS --out must be an absolute path there.
   OPTIONS: --run-config \"KEY=VALUE ...\", --config FILE.toml, --seeds S..., --out DIR, --timeout S
   (python run.py --help)."
-[[ $# -ge 2 && "$1" != -* ]] || { echo "$usage" >&2; exit 2; }
+check_args 2 1000 "$@"
 need flwr
 deploy_env "$1"
 link=$2

@@ -8,7 +8,7 @@ usage="usage: deploy/start_superlink.sh DEPLOY_DIR [HOST] [PORT]
   DEPLOY_DIR/pids/superlink.pid; its working directory is DEPLOY_DIR/superlink (a relative
   out-dir of a run lands there). Stop it with deploy/stop.sh DEPLOY_DIR."
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-[[ $# -ge 1 && $# -le 3 && "$1" != -* ]] || { echo "$usage" >&2; [[ "${1:-}" == -h || "${1:-}" == --help ]] && exit 0; exit 2; }
+check_args 1 3 "$@"
 need flower-superlink
 deploy_env "$1"
 host=${2:-0.0.0.0} port=${3:-8000}

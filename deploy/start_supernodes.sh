@@ -10,7 +10,7 @@ usage="usage: deploy/start_supernodes.sh DEPLOY_DIR SUPERLINK_ADDRESS NUM_USERS 
   and its own local runtime port BASE_PORT + (u - FIRST_USER) on 127.0.0.1 (default 9094;
   'auto': free ports the OS picks). Writes DEPLOY_DIR/pids/supernode-<u>.pid and
   DEPLOY_DIR/logs/supernode-<u>.log. Stop them with deploy/stop.sh DEPLOY_DIR."
-[[ ($# -eq 5 || $# -eq 6) && "$1" != -* ]] || { echo "$usage" >&2; exit 2; }
+check_args 5 6 "$@"
 need flower-supernode
 deploy_env "$1"
 link=$2 num=$3 first=$4 last=$5 base=${6:-9094}
@@ -29,8 +29,10 @@ for ((u = first; u <= last; u++)); do
     fi
 done
 
+py="$(dirname "$(command -v flower-supernode)")/python"
+[[ -x "$py" ]] || py=python3
 free_port() {  # a port on 127.0.0.1 the OS reports free
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 started=()

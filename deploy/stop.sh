@@ -7,7 +7,7 @@ usage="usage: deploy/stop.sh DEPLOY_DIR [NAME...]
   SIGTERM, then SIGKILL after 20 s; their child processes (Flower's SuperExec, ClientApp and
   ServerApp processes) are stopped with them. Removes the PID files of stopped processes."
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-[[ $# -ge 1 && "$1" != -* ]] || { echo "$usage" >&2; exit 2; }
+check_args 1 1000 "$@"
 dir=$1
 shift
 [[ -d "$dir/pids" ]] || die "$dir/pids not found: not a deployment directory (nothing stopped)"
@@ -21,7 +21,7 @@ fi
 
 descendants() {  # descendants PID: every process below PID (by parent id), deepest last
     local c
-    for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+    for c in $(pid_children "$1"); do
         echo "$c"
         descendants "$c"
     done
@@ -37,7 +37,7 @@ for f in "${files[@]}"; do
         rm -f "$f"
         continue
     fi
-    args=$(ps -o args= -p "$pid" 2>/dev/null || true)
+    args=$(pid_args "$pid")
     if [[ "$args" != *flower-super* ]]; then  # the PID was reused by an unrelated process
         echo "$(basename "$f" .pid): pid $pid is not a Flower process now ($args); left alone"
         rm -f "$f"
