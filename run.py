@@ -135,9 +135,13 @@ def flwr_env() -> dict[str, str]:
     return env
 
 
-def mark_failed(run_dir: Path, reason: str) -> None:
+def mark_failed(run_dir: Path, reason: str, create: bool = False) -> None:
     """Write ``failed.json`` into a run directory the run left without ``final.json`` (a
-    ServerApp error leaves only ``config.json``), so no one mistakes it for a run in progress."""
+    ServerApp error leaves only ``config.json``), so no one mistakes it for a run in progress.
+    ``create``: make the directory if the ServerApp has not yet (a run stopped early), which also
+    keeps a ServerApp that was not stopped from writing results there later."""
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if run_dir.is_dir() and not (run_dir / "final.json").exists():
         (run_dir / "failed.json").write_text(json.dumps({"status": "failed", "reason": reason}, indent=2))
 
@@ -248,7 +252,7 @@ def run_one(cfg: dict, rc, num_users: int, federation_config: str, timeout: floa
     if cut_short is not None and final.is_file():
         print(f"fedmm: {final} was written before the run was stopped; keeping it", flush=True)
     elif cut_short is not None:
-        mark_failed(run_dir, cut_short)
+        mark_failed(run_dir, cut_short, create=True)
         error = RunInterrupted if cut_short.startswith("interrupted") else RuntimeError
         raise error(f"run {rc.run_name} {cut_short}")
     if code != 0 or not final.is_file():
