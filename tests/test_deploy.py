@@ -144,6 +144,28 @@ def test_unregistered_supernode_is_refused(deployment):
     assert sum(n["status"] == "online" for n in nodes) == USERS
 
 
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process below ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            try:
+                cmd = (Path("/proc") / str(c) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            found.append((c, cmd))
+            todo.append(c)
+    return found
+
+
 def _started_run_id(text: str) -> int:
     import re
 
@@ -158,6 +180,14 @@ def _assert_stopped(d: Deployment, run: Path, output: str, why: str) -> None:
     assert failed["status"] == "failed" and why in failed["reason"]
     assert f"Flower run {run_id} stopped" in failed["reason"]
     assert "stopped" in d.run_status(run_id)
+    # The stopped run's ServerApp process is gone (the SuperLink and its SuperExec stay).
+    link = int((d.dir / "pids" / "superlink.pid").read_text())
+    for _ in range(60):
+        apps = [c for c in _descendants(link) if "flwr-serverapp" in c[1]]
+        if not apps:
+            break
+        time.sleep(0.5)
+    assert not apps, apps
     time.sleep(5)  # a run that went on would write final.json after its 6 nodes: none come
     assert not (run / "final.json").exists()
 
