@@ -38,7 +38,7 @@ free_port() {  # a port on 127.0.0.1 the OS reports free
 started=()
 for ((u = first; u <= last; u++)); do
     if [[ "$base" == auto ]]; then port=$(free_port); else port=$((base + u - first)); fi
-    port_open 127.0.0.1 "$port" && die "port $port on 127.0.0.1 is in use (user $u); pick another BASE_PORT"
+    port_open 127.0.0.1 "$port" && die "port $port on 127.0.0.1 is in use (user $u); pick another BASE_PORT (SuperNodes started before it keep running: deploy/stop.sh $1 stops them)"
     mkdir -p "$DEPLOY/supernodes/node-$u"
     cd "$DEPLOY/supernodes/node-$u"
     nohup flower-supernode --superlink "$link" --root-certificates "$ca" \
