@@ -184,8 +184,10 @@ def stream_flwr(cmd: list[str], env: dict[str, str], timeout: float | None,
     tuple of (int, str or None)
         ``cmd``'s exit code, and why the run was cut short (None when it was not).
     """
+    # cwd: a local SuperLink that `flwr run` starts keeps it; a temporary one (a test's tmp_path)
+    # is deleted under it later, and its simulations then fail ("No heartbeat received").
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace")
+                            text=True, errors="replace", cwd=APP_DIR)
     run_id: list[int] = []
 
     def pump() -> None:
