@@ -10,7 +10,9 @@ Options mirror ``flwr run``: ``--run-config`` overrides keys of ``[tool.flwr.app
 chooses the output directory, ``--seeds`` runs repeats and prints mean ± std. Each run writes
 ``<out>/<run-name>/{config.json,rounds.jsonl,final.json}``; the exit code is non-zero when any
 run failed (``flwr run --stream`` itself exits 0 on failure, so success is judged by
-``final.json``).
+``final.json``). ``--superlink CONNECTION`` runs on a deployed SuperLink instead (a connection in
+``$FLWR_HOME/config.toml``; deploy/run.sh writes it). On ``--timeout`` or Ctrl-C the Flower run
+itself is stopped (``flwr stop``) and its directory gets ``failed.json``.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -40,7 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="run once per seed")
     p.add_argument("--federation-config", default="",
                    help="extra flwr --federation-config entries (num-supernodes is set for you)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per run before it is killed")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds per run before the Flower run is stopped (flwr stop) and marked failed")
+    p.add_argument("--superlink", default=None, metavar="CONNECTION",
+                   help="run on this deployed SuperLink (a connection in $FLWR_HOME/config.toml) "
+                        "instead of the simulation engine; see deploy/run.sh")
     return p.parse_args(argv)
 
 
@@ -128,20 +135,102 @@ def flwr_env() -> dict[str, str]:
     return env
 
 
-def mark_failed(run_dir: Path, reason: str) -> None:
+def mark_failed(run_dir: Path, reason: str, create: bool = False) -> None:
     """Write ``failed.json`` into a run directory the run left without ``final.json`` (a
-    ServerApp error leaves only ``config.json``), so no one mistakes it for a run in progress."""
+    ServerApp error leaves only ``config.json``), so no one mistakes it for a run in progress.
+    ``create``: make the directory if the ServerApp has not yet (a run stopped early), which also
+    keeps a ServerApp that was not stopped from writing results there later."""
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if run_dir.is_dir() and not (run_dir / "final.json").exists():
         (run_dir / "failed.json").write_text(json.dumps({"status": "failed", "reason": reason}, indent=2))
 
 
-def run_one(cfg: dict, rc, num_users: int, federation_config: str, timeout: float | None) -> dict:
+class RunInterrupted(RuntimeError):
+    """Ctrl-C during a run: it was stopped and marked failed; no further seed is started."""
+
+
+#: ``flwr run`` prints this once the SuperLink accepted the run (flwr/cli/run/run.py).
+STARTED_RUN = re.compile(r"Successfully started run (\d+)")
+
+
+def _flwr_tool(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def stop_run(run_id: int, superlink: str | None, env: dict[str, str]) -> str:
+    """``flwr stop RUN_ID [CONNECTION]`` (the SuperLink that ``flwr run`` used); returns what
+    happened, for ``failed.json`` and the log."""
+    cmd = [_flwr_tool("flwr"), "stop", str(run_id)] + ([superlink] if superlink else [])
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return f"`{' '.join(cmd[1:])}` did not answer within 120 s; the Flower run may go on"
+    if p.returncode == 0:
+        return f"Flower run {run_id} stopped (flwr stop)"
+    return (f"`{' '.join(cmd[1:])}` failed (exit {p.returncode}): "
+            f"{(p.stdout + p.stderr).strip()[-400:]}; the Flower run may go on")
+
+
+def stream_flwr(cmd: list[str], env: dict[str, str], timeout: float | None,
+                superlink: str | None) -> tuple[int, str | None]:
+    """Run ``cmd`` (``flwr run ... --stream``), echoing its output as it comes and reading the
+    run id from it. On ``timeout`` seconds or Ctrl-C, stops the Flower run itself (``flwr stop``)
+    and ends ``cmd``.
+
+    Returns
+    -------
+    tuple of (int, str or None)
+        ``cmd``'s exit code, and why the run was cut short (None when it was not).
+    """
+    # cwd: a local SuperLink that `flwr run` starts keeps it; a temporary one (a test's tmp_path)
+    # is deleted under it later, and its simulations then fail ("No heartbeat received").
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace", cwd=APP_DIR)
+    run_id: list[int] = []
+
+    def pump() -> None:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if not run_id and (m := STARTED_RUN.search(line)):
+                run_id.append(int(m.group(1)))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        rc = proc.wait(timeout=timeout)
+        reader.join(timeout=10)
+        return rc, None
+    except (subprocess.TimeoutExpired, KeyboardInterrupt) as exc:
+        why = (f"exceeded --timeout {timeout}s" if isinstance(exc, subprocess.TimeoutExpired)
+               else "interrupted (Ctrl-C)")
+        print(f"fedmm: run {why}; stopping it ...", file=sys.stderr, flush=True)
+        note = (stop_run(run_id[0], superlink, env) if run_id
+                else "flwr had printed no run id yet, so no Flower run was stopped")
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        print(f"fedmm: {note}", file=sys.stderr, flush=True)
+        return proc.returncode, f"{why}; {note}"
+
+
+def run_one(cfg: dict, rc, num_users: int, federation_config: str, timeout: float | None,
+            superlink: str | None = None) -> dict:
     """One ``flwr run`` of the raw config ``cfg`` (typed: ``rc``); returns the run's final.json.
+
+    Simulation (``num_users`` SuperNodes) unless ``superlink`` names a deployed SuperLink's
+    connection in ``$FLWR_HOME/config.toml``.
 
     Raises
     ------
     RuntimeError
-        The run failed or timed out (its directory then holds ``failed.json``).
+        The run failed, timed out or was interrupted (its directory then holds ``failed.json``;
+        a ``final.json`` already written is kept).
     """
     run_dir = Path(rc.out_dir) / rc.run_name
     if run_dir.exists():
@@ -150,22 +239,26 @@ def run_one(cfg: dict, rc, num_users: int, federation_config: str, timeout: floa
         for k, v in cfg.items():
             fh.write(f"{k} = {_toml_value(v)}\n")
         conf_path = fh.name
-    fed = f"num-supernodes={num_users} client-resources-num-cpus=1 {federation_config}".strip()
-    cmd = [str(Path(sys.executable).parent / "flwr"), "run", str(APP_DIR), "--run-config", conf_path,
-           "--federation-config", fed, "--stream"]
-    if not Path(cmd[0]).exists():
-        cmd[0] = "flwr"
+    cmd = [_flwr_tool("flwr"), "run", str(APP_DIR)]
+    if superlink:
+        cmd += [superlink, "--run-config", conf_path, "--stream"]
+    else:
+        fed = f"num-supernodes={num_users} client-resources-num-cpus=1 {federation_config}".strip()
+        cmd += ["--run-config", conf_path, "--federation-config", fed, "--stream"]
     print(f"$ {' '.join(cmd)}", flush=True)
     try:
-        proc = subprocess.run(cmd, env=flwr_env(), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        mark_failed(run_dir, f"exceeded --timeout {timeout}s")
-        raise RuntimeError(f"run {rc.run_name} exceeded --timeout {timeout}s") from None
+        code, cut_short = stream_flwr(cmd, flwr_env(), timeout, superlink)
     finally:
         os.unlink(conf_path)
     final = run_dir / "final.json"
-    if proc.returncode != 0 or not final.is_file():
-        reason = (f"flwr exit code {proc.returncode}, {'no' if not final.is_file() else 'a'} "
+    if cut_short is not None and final.is_file():
+        print(f"fedmm: {final} was written before the run was stopped; keeping it", flush=True)
+    elif cut_short is not None:
+        mark_failed(run_dir, cut_short, create=True)
+        error = RunInterrupted if cut_short.startswith("interrupted") else RuntimeError
+        raise error(f"run {rc.run_name} {cut_short}")
+    if code != 0 or not final.is_file():
+        reason = (f"flwr exit code {code}, {'no' if not final.is_file() else 'a'} "
                   f"{final}; see the log above")
         mark_failed(run_dir, reason)
         raise RuntimeError(f"run {rc.run_name} failed ({reason})")
@@ -199,7 +292,7 @@ def mean_std_table(finals: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    foreign = foreign_superlink()
+    foreign = None if args.superlink else foreign_superlink()
     if foreign is not None:
         pid, cwd = foreign
         print(f"error: a local Flower SuperLink (pid {pid}) started in {cwd} is running; "
@@ -228,8 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         run_rc = replace(rc, run_name=name, local=replace(rc.local, seed=seed))
         try:
             final = run_one(dict(cfg, seed=seed, **{"run-name": name}), run_rc, data.num_users,
-                            args.federation_config, args.timeout)
+                            args.federation_config, args.timeout, args.superlink)
             finals.append(with_reference(run_rc, data, final))
+        except RunInterrupted as exc:
+            print(f"error: {exc}; no further seed started", file=sys.stderr)
+            return 130
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed.append(seed)

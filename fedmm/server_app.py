@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 import time
-from logging import INFO
+from logging import INFO, WARNING
+from pathlib import Path
 
 from flwr.app import Context
 from flwr.common.logger import log
@@ -23,13 +24,23 @@ def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_mapping(context.run_config)
     set_threads(cfg)
     data = data_for(cfg)
-    run_dir = new_run_dir(cfg.out_dir, cfg.run_name, tag=f"{data.name}-{cfg.backbone}-{cfg.method}-s{cfg.seed}")
+    # A relative out-dir is taken from this process's working directory, which is the SuperLink's
+    # (run.py and deploy/run.sh pass an absolute one): the log names the absolute path.
+    run_dir = new_run_dir(cfg.out_dir, cfg.run_name,
+                          tag=f"{data.name}-{cfg.backbone}-{cfg.method}-s{cfg.seed}").resolve()
     recorder = RunRecorder(run_dir)
     recorder.write_config({**cfg.to_dict(), "run-dir": str(run_dir),
                            "num-users": data.num_users, "num-items": data.num_items,
                            "num-train": data.num_train})
     log(INFO, "fedmm: %s, %d users, %d items, %d training interactions -> %s",
         data.name, data.num_users, data.num_items, data.num_train, run_dir)
+    if not Path(cfg.out_dir).expanduser().is_absolute():
+        log(WARNING, "fedmm: out-dir '%s' is relative: results go to %s (the SuperLink's working "
+            "directory); give an absolute out-dir", cfg.out_dir, run_dir)
+    log(INFO, "fedmm: waiting for %d nodes, one per user (simulation: num-supernodes=%d; deployment: "
+        "SuperNodes with --node-config \"partition-id=<0..%d> num-partitions=%d\"), for up to "
+        "node-timeout=%.0f s before round 1", data.num_users, data.num_users, data.num_users - 1,
+        data.num_users, cfg.node_timeout)
 
     def on_round(rec: dict) -> None:
         recorder.log_round(rec)
