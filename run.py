@@ -73,7 +73,18 @@ def resolve_config(args: argparse.Namespace):
     cfg["out-dir"] = str(Path(cfg["out-dir"]).expanduser().resolve())
     if cfg["cache-dir"]:
         cfg["cache-dir"] = str(Path(cfg["cache-dir"]).expanduser().resolve())
-    return cfg, RunConfig.from_mapping(cfg)  # fail fast, before any process starts
+    rc = RunConfig.from_mapping(cfg)  # fail fast, before any process starts
+    # The method's own section too (the ServerApp reads it again; a bad value must not wait
+    # for Flower to start).
+    if rc.method == "gfmfr":
+        from strategies.gfmfr import GFMFRConfig
+
+        GFMFRConfig.from_mapping(cfg)
+    elif rc.method == "fedsllm":
+        from strategies.fedsllm import FedSLLMConfig
+
+        FedSLLMConfig.from_mapping(cfg)
+    return cfg, rc
 
 
 def foreign_superlink(app_dir: Path = APP_DIR, proc: Path = Path("/proc")) -> tuple[int, Path] | None:

@@ -41,3 +41,20 @@ def test_main_stops_before_any_run_and_names_the_pid(monkeypatch, capsys, tmp_pa
     err = capsys.readouterr().err
     assert "pid 4242" in err and str(tmp_path / "old") in err and "kill 4242" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_method_section_fails_before_anything_starts(capsys):
+    """gfmfr-* / fedsllm-* values are validated in run.py, before Flower starts (exit 2)."""
+    import pytest
+
+    from fedmm.config import ConfigError
+
+    ns = run_py.parse_args(["--run-config", "method='gfmfr' gfmfr-groups=0"])
+    with pytest.raises(ConfigError, match="'gfmfr-groups' = 0: must be >= 1"):
+        run_py.resolve_config(ns)
+    ns = run_py.parse_args(["--run-config", "method='fedsllm' fedsllm-fraction=2.0"])
+    with pytest.raises(ConfigError, match="fedsllm-fraction"):
+        run_py.resolve_config(ns)
+    # a method's section is only checked when that method runs
+    ns = run_py.parse_args(["--run-config", "method='base' gfmfr-groups=0"])
+    assert run_py.resolve_config(ns)[1].method == "base"
