@@ -230,3 +230,42 @@ def test_ctrl_c_stops_the_flower_run_and_marks_it_failed(deployment):
     assert "no further seed started" in err
     _assert_stopped(d, d.out / "ctrlc-s0", output, "interrupted (Ctrl-C)")
     assert not (d.out / "ctrlc-s1").exists()
+
+
+def test_a_supernode_killed_mid_run_costs_only_its_own_updates(deployment):
+    """Real processes: user 3's SuperNode is killed (SIGKILL) once round 1 is logged. The run
+    goes on: the SuperLink answers its messages with 'node unavailable' once the node's
+    heartbeat expires, the strategy aggregates the other replies and logs the loss, and the
+    evaluation averages the users that answered (max-eval-failures). Runs last: it leaves the
+    module's deployment one node short."""
+    d = deployment
+    victim = USERS - 1
+    run = d.out / "killed-s0"
+    proc = subprocess.Popen(
+        ["bash", str(DEPLOY / "run.sh"), d.dir, d.address, "--out", d.out, "--seeds", "0",
+         "--run-config", _config(d.data, d.cache, "killed",
+                                 "num-server-rounds=3 fraction-train=1.0 max-eval-failures=0.3")],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (run / "rounds.jsonl").exists():
+            time.sleep(0.5)
+        assert (run / "rounds.jsonl").exists(), "round 1 never finished"
+        pid = int((d.dir / "pids" / f"supernode-{victim}.pid").read_text())
+        for p in [pid] + [c for c, _ in _descendants(pid)]:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out[-4000:]
+    final = json.loads((run / "final.json").read_text())
+    assert final["status"] == "ok" and final["rounds"] == 3
+    rounds = [json.loads(x) for x in (run / "rounds.jsonl").read_text().splitlines()]
+    after = [r for r in rounds if r["round"] > 1]
+    assert any(r["failures"] >= 1 and victim in r["failed-users"] for r in after), rounds
+    assert any(r.get("eval-failures", 0) >= 1 and r["eval-users"] == USERS - 1 for r in after), rounds
