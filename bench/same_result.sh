@@ -8,7 +8,18 @@ OLD=${1:?usage: bench/same_result.sh <old-commit>}
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 TMP=$(mktemp -d)
 git -C "$HERE" worktree add -q --detach "$TMP/old" "$OLD"
-trap 'git -C "$HERE" worktree remove --force "$TMP/old"; pkill -f flower-superlink || true' EXIT
+# Stop only the local simulation SuperLinks this script started (their working directory is
+# $TMP or this checkout): a SuperLink keeps the code of the checkout that started it.
+stop_links() {
+  for p in /proc/[0-9]*; do
+    if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q "flower-superlink.*--simulation"; then
+      cwd=$(readlink "$p/cwd" 2>/dev/null || true)
+      case "$cwd" in "$TMP"*|"$HERE") kill "${p#/proc/}" 2>/dev/null || true ;; esac
+    fi
+  done
+  sleep 2
+}
+trap 'stop_links; git -C "$HERE" worktree remove --force "$TMP/old"' EXIT
 "$HERE/.venv/bin/python" -c "
 import sys; sys.path.insert(0, '$HERE/tests')
 from pathlib import Path
@@ -16,7 +27,7 @@ from conftest import write_tiny_grouplens
 write_tiny_grouplens(Path('$TMP/gl'))"
 RC="dataset='grouplens:$TMP/gl' num-server-rounds=6 eval-every=3 fraction-train=0.5 centralised-epochs=2"
 for tree in "$TMP/old" "$HERE"; do
-  pkill -f flower-superlink || true; sleep 2   # each checkout needs its own local SuperLink
+  stop_links   # each checkout needs its own local SuperLink
   for b in pfedrec fedrap; do
     (cd "$TMP" && PYTHONPATH="$tree" "$HERE/.venv/bin/python" "$tree/run.py" --out "$TMP/out-$(basename "$tree")" \
         --run-config "$RC backbone='$b' cache-dir='$TMP/cache-$(basename "$tree")' run-name='$b'" > "$TMP/$b.log" 2>&1)

@@ -236,8 +236,8 @@ def test_a_supernode_killed_mid_run_costs_only_its_own_updates(deployment):
     """Real processes: user 3's SuperNode is killed (SIGKILL) once round 1 is logged. The run
     goes on: the SuperLink answers its messages with 'node unavailable' once the node's
     heartbeat expires, the strategy aggregates the other replies and logs the loss, and the
-    evaluation averages the users that answered (max-eval-failures). Runs last: it leaves the
-    module's deployment one node short."""
+    evaluation averages the users that answered (max-eval-failures), then the nodes still
+    online. Runs last: it leaves the module's deployment one node short."""
     d = deployment
     victim = USERS - 1
     run = d.out / "killed-s0"
@@ -268,4 +268,7 @@ def test_a_supernode_killed_mid_run_costs_only_its_own_updates(deployment):
     rounds = [json.loads(x) for x in (run / "rounds.jsonl").read_text().splitlines()]
     after = [r for r in rounds if r["round"] > 1]
     assert any(r["failures"] >= 1 and victim in r["failed-users"] for r in after), rounds
-    assert any(r.get("eval-failures", 0) >= 1 and r["eval-users"] == USERS - 1 for r in after), rounds
+    # Evaluated without the lost user: its evaluate message failed (eval-failures) or, once the
+    # SuperLink lists it offline, it is no longer sent one.
+    assert any(r["eval-users"] == USERS - 1 for r in after), rounds
+    assert all(r.get("eval-failures", 0) <= 1 for r in rounds), rounds
