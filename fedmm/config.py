@@ -180,9 +180,9 @@ class LocalSettings(ConfigSection):
 
     @classmethod
     def make(cls, **overrides: Any) -> "LocalSettings":
-        """Settings with the defaults of a plain run (optimisers: the backbone's; protocol
-        ``both``; top-K 5,10,20,50) changed by ``overrides`` (field names); for tests and
-        for code that drives a client without a run config."""
+        """Settings for code that drives a client without a run config (tests): pyproject's
+        values except ``local_epochs = 1`` (pyproject: 2) — optimisers the backbone's,
+        protocol ``both``, top-K 5,10,20,50 — changed by ``overrides`` (field names)."""
         base: dict[str, Any] = dict(
             local_epochs=1, weight_decay=0.0, batch_size=256, num_negatives=4, device="cpu",
             ldp_delta=0.0, pad_items=0, eval_protocol="both", num_eval_negatives=99, topk=(5, 10, 20, 50), seed=0,
