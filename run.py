@@ -11,7 +11,9 @@ chooses the output directory, ``--seeds`` runs repeats and prints mean ± std. E
 ``<out>/<run-name>/{config.json,rounds.jsonl,final.json}``; the exit code is non-zero when any
 run failed (``flwr run --stream`` itself exits 0 on failure, so success is judged by
 ``final.json``). ``--superlink CONNECTION`` runs on a deployed SuperLink instead (a connection in
-``$FLWR_HOME/config.toml``; deploy/run.sh writes it). On ``--timeout`` or Ctrl-C the Flower run
+``$FLWR_HOME/config.toml``; deploy/run.sh writes it). ``--engine inprocess`` runs the same
+ServerApp and ClientApp code in this process without Ray (fedmm/inprocess.py: same metrics, for
+sweeps on few cores). On ``--timeout`` or Ctrl-C the Flower run
 itself is stopped (``flwr stop``) and its directory gets ``failed.json``.
 """
 from __future__ import annotations
@@ -48,7 +50,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--superlink", default=None, metavar="CONNECTION",
                    help="run on this deployed SuperLink (a connection in $FLWR_HOME/config.toml) "
                         "instead of the simulation engine; see deploy/run.sh")
-    return p.parse_args(argv)
+    p.add_argument("--engine", choices=("simulation", "inprocess"), default="simulation",
+                   help="simulation: flwr run on Flower's Ray engine (default); inprocess: the same "
+                        "ServerApp and ClientApp code in this one process, no Ray or SuperLink "
+                        "(fedmm/inprocess.py; for sweeps on few cores)")
+    args = p.parse_args(argv)
+    if args.engine == "inprocess" and (args.superlink or args.federation_config or args.timeout):
+        p.error("--engine inprocess takes no --superlink, --federation-config or --timeout")
+    return args
 
 
 def resolve_config(args: argparse.Namespace):
@@ -276,6 +285,37 @@ def run_one(cfg: dict, rc, num_users: int, federation_config: str, timeout: floa
     return json.loads(final.read_text())
 
 
+def run_one_inprocess(cfg: dict, rc, num_users: int) -> dict:
+    """One run of the raw config ``cfg`` (typed: ``rc``) on the in-process engine
+    (:mod:`fedmm.inprocess`); returns its final.json.
+
+    Raises
+    ------
+    RuntimeError
+        The run failed (its directory then holds ``failed.json``).
+    RunInterrupted
+        Ctrl-C (the directory is marked failed).
+    """
+    from fedmm.inprocess import run_inprocess
+
+    run_dir = Path(rc.out_dir) / rc.run_name
+    if run_dir.exists():
+        raise RuntimeError(f"{run_dir} exists already; results are never overwritten")
+    print(f"fedmm: in-process engine, {num_users} nodes", flush=True)
+    try:
+        run_inprocess(cfg, num_users)
+    except KeyboardInterrupt:
+        mark_failed(run_dir, "interrupted (Ctrl-C)", create=True)
+        raise RunInterrupted(f"run {rc.run_name} interrupted (Ctrl-C)") from None
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        mark_failed(run_dir, f"{type(exc).__name__}: {exc}")
+        raise RuntimeError(f"run {rc.run_name} failed ({type(exc).__name__}: {exc})") from exc
+    return json.loads((run_dir / "final.json").read_text())
+
+
 def with_reference(rc, data, final: dict) -> dict:
     """Compute the MostPop and centralised rows of ``rc`` (a RunConfig; fedmm/reference.py),
     add them to the run's final.json and print the three rows side by side."""
@@ -303,7 +343,7 @@ def mean_std_table(finals: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    foreign = None if args.superlink else foreign_superlink()
+    foreign = None if args.superlink or args.engine == "inprocess" else foreign_superlink()
     if foreign is not None:
         pid, cwd = foreign
         print(f"error: a local Flower SuperLink (pid {pid}) started in {cwd} is running; "
@@ -331,8 +371,12 @@ def main(argv: list[str] | None = None) -> int:
         name = f"{base_name}-s{seed}"
         run_rc = replace(rc, run_name=name, local=replace(rc.local, seed=seed))
         try:
-            final = run_one(dict(cfg, seed=seed, **{"run-name": name}), run_rc, data.num_users,
-                            args.federation_config, args.timeout, args.superlink)
+            if args.engine == "inprocess":
+                final = run_one_inprocess(dict(cfg, seed=seed, **{"run-name": name}), run_rc,
+                                          data.num_users)
+            else:
+                final = run_one(dict(cfg, seed=seed, **{"run-name": name}), run_rc, data.num_users,
+                                args.federation_config, args.timeout, args.superlink)
             finals.append(with_reference(run_rc, data, final))
         except RunInterrupted as exc:
             print(f"error: {exc}; no further seed started", file=sys.stderr)
