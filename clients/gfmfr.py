@@ -7,8 +7,10 @@ Approach", WWW 2026) fuses item modalities on the server into group-specific ite
 
     lambda * KL(E_M_l || own prediction)
 
-to its BCE loss, on the items of each batch (positives and sampled negatives), where both
-distributions are Bernoulli over "interacts / does not": ``[1 - p, p]``.
+to its BCE loss, where both distributions are Bernoulli over "interacts / does not":
+``[1 - p, p]``. The KL runs over the items of each batch (positives and sampled negatives;
+train-config ``gfmfr-kl-items = "batch"``, the default) or over the whole catalogue at every
+batch (``"all"``: unobserved items are pulled towards the group's preference too).
 
 Which part of the prediction function ``P_u`` leaves the client (:func:`scorer_plan`):
 
@@ -40,8 +42,11 @@ import torch.nn.functional as F
 
 from clients.base import FedRecClient
 from fedmm.models.base import FedRecModel
-from fedmm.protocol import (DIS_LOSS, FEATURES, GFMFR_PAYLOAD, PREFERENCE, REC_LOSS,
+from fedmm.protocol import (DIS_LOSS, FEATURES, GFMFR_PAYLOAD, KL_ITEMS, PREFERENCE, REC_LOSS,
                             ROUND_LAMBDA, SCORER_PREFIX)
+
+#: Values of the train-config key ``gfmfr-kl-items``.
+KL_ITEM_MODES = ("batch", "all")
 
 #: State-dict prefixes of private user representations: never uploaded by GFMFR.
 USER_PREFIXES = ("user_emb",)
@@ -201,7 +206,8 @@ class GFMFRClient(FedRecClient):
 
     def extra_loss(self, items: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
                    config: dict) -> torch.Tensor | None:
-        """``lambda * KL(E_M_l[items] || own)``; ``None`` without a signal or with ``lambda == 0``.
+        """``lambda * KL(E_M_l[items] || own)`` (``gfmfr-kl-items = "all"``: over every item, with
+        this batch's parameters); ``None`` without a signal or with ``lambda == 0``.
 
         Parameters
         ----------
@@ -212,7 +218,12 @@ class GFMFRClient(FedRecClient):
         logits : torch.Tensor
             float ``(batch,)``, with gradient.
         config : dict
-            ``gfmfr-lambda-t`` (float, default 0).
+            ``gfmfr-lambda-t`` (float, default 0), ``gfmfr-kl-items`` (default ``"batch"``).
+
+        Raises
+        ------
+        ValueError
+            ``gfmfr-kl-items`` is not one of :data:`KL_ITEM_MODES`.
         """
         if self._target is None and self._features is not None:
             self._target = self._client_side_preference()
@@ -221,7 +232,15 @@ class GFMFRClient(FedRecClient):
         self._rec_batches += 1
         if self._target is None:
             return None
-        kl = preference_kl(self._target[items], logits)
+        mode = str(config.get(KL_ITEMS, "batch"))
+        if mode == "batch":
+            kl = preference_kl(self._target[items], logits)
+        elif mode == "all":
+            every = torch.arange(self.data.num_items, device=self.device)
+            kl = preference_kl(self._target, self.model(every))
+        else:
+            raise ValueError(f"train config '{KL_ITEMS}' = {mode!r}; expected one of "
+                             f"{list(KL_ITEM_MODES)}")
         self._dis_sum += float(kl.detach())
         self._dis_batches += 1
         lam = float(config.get(ROUND_LAMBDA, 0.0))

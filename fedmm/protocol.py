@@ -72,6 +72,8 @@ FEATURES = "features"
 SCORER_PREFIX = "scorer/"
 #: Train-config key of this round's distillation weight λ_t.
 ROUND_LAMBDA = "gfmfr-lambda-t"
+#: Train-config key: the items GFMFR's KL runs over, ``"batch"`` or ``"all"`` (GFMFRConfig.kl_items).
+KL_ITEMS = "gfmfr-kl-items"
 REC_LOSS, DIS_LOSS = "rec-loss", "dis-loss"
 
 # ----- FedSLLM -------------------------------------------------------------------------------

@@ -36,7 +36,69 @@ def _check_inputs(P: np.ndarray, g: int) -> np.ndarray:
     return P
 
 
-def cluster_clients(P: np.ndarray, g: int, method: str = "kmeans", seed: int = 0) -> np.ndarray:
+def standardize_columns(P: np.ndarray) -> np.ndarray:
+    """Z-score each column of ``P`` over the clients (``(x - mean) / std``; a constant column
+    becomes 0), so that no parameter dominates the Euclidean distances of K-Means / Ward by its
+    scale alone (e.g. FedNCF's output layer against its MLP weights).
+
+    Parameters
+    ----------
+    P : numpy.ndarray
+        float, shape ``(n_clients, p)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, shape ``(n_clients, p)``.
+    """
+    P = np.asarray(P, dtype=np.float64)
+    std = P.std(0)
+    return (P - P.mean(0)) / np.where(std > 0, std, 1.0)
+
+
+def merge_small_groups(P: np.ndarray, labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Merge every cluster with fewer than ``min_size`` members into the nearest cluster (by
+    centroid distance) that has at least ``min_size``, smallest first, then relabel ``0..k-1``.
+
+    Parameters
+    ----------
+    P : numpy.ndarray
+        float, shape ``(n_clients, p)``: the vectors that were clustered.
+    labels : numpy.ndarray
+        int, shape ``(n_clients,)``.
+    min_size : int
+        ``<= 1`` returns ``labels`` unchanged. When no cluster reaches ``min_size``, the
+        largest is kept and the others merge into it one by one by distance.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64, shape ``(n_clients,)``, values ``0..k-1`` (``k`` may be below the input's).
+    """
+    labels = np.asarray(labels, dtype=np.int64).copy()
+    if min_size <= 1 or labels.size == 0:
+        return labels
+    P = np.asarray(P, dtype=np.float64)
+    while True:
+        ids, sizes = np.unique(labels, return_counts=True)
+        small = ids[sizes < min_size]
+        if small.size == 0 or ids.size == 1:
+            break
+        big = ids[sizes >= min_size]
+        if big.size == 0:
+            big = ids[[int(np.argmax(sizes))]]
+        # the smallest small cluster (lowest label on ties) moves to its nearest big one
+        l = int(small[np.argmin(sizes[np.isin(ids, small)])])
+        c = P[labels == l].mean(0)
+        d = [float(((P[labels == b].mean(0) - c) ** 2).sum()) for b in big if b != l]
+        targets = [b for b in big if b != l]
+        labels[labels == l] = targets[int(np.argmin(d))]
+    _, labels = np.unique(labels, return_inverse=True)
+    return labels.astype(np.int64)
+
+
+def cluster_clients(P: np.ndarray, g: int, method: str = "kmeans", seed: int = 0,
+                    standardize: bool = False, min_size: int = 1) -> np.ndarray:
     """Cluster clients into at most ``g`` groups by their prediction-function vectors.
 
     Parameters
@@ -50,6 +112,12 @@ def cluster_clients(P: np.ndarray, g: int, method: str = "kmeans", seed: int = 0
         puts everyone in group 0 (SingleGroup ablation).
     seed : int, default 0
         Seed of KMeans initialisation / the random partition.
+    standardize : bool, default False
+        Cluster :func:`standardize_columns` ``(P)`` instead of ``P`` (kmeans / agglomerative).
+    min_size : int, default 1
+        Clusters smaller than this are merged into the nearest big one
+        (:func:`merge_small_groups`; kmeans / agglomerative), so fewer than ``g`` groups may
+        come back.
 
     Returns
     -------
@@ -72,15 +140,16 @@ def cluster_clients(P: np.ndarray, g: int, method: str = "kmeans", seed: int = 0
         rng = np.random.default_rng(seed)
         labels = np.arange(n) % g
         return rng.permutation(labels).astype(np.int64)
+    X = standardize_columns(P) if standardize else P
     if method == "kmeans":
         from sklearn.cluster import KMeans
 
-        labels = KMeans(n_clusters=g, n_init=4, random_state=seed).fit_predict(P)
+        labels = KMeans(n_clusters=g, n_init=4, random_state=seed).fit_predict(X)
     else:
         from sklearn.cluster import AgglomerativeClustering
 
-        labels = AgglomerativeClustering(n_clusters=g, linkage="ward").fit_predict(P)
-    return labels.astype(np.int64)
+        labels = AgglomerativeClustering(n_clusters=g, linkage="ward").fit_predict(X)
+    return merge_small_groups(X, labels, min_size)
 
 
 def group_centroids(P: np.ndarray, labels: np.ndarray, g: int) -> np.ndarray:
@@ -174,6 +243,9 @@ class GroupTracker:
         See :func:`cluster_clients`.
     seed : int, default 0
         Base seed; round ``r`` clusters with ``seed + r``.
+    standardize, min_size
+        See :func:`cluster_clients` (the group centroids used for matching stay in the
+        unstandardised space).
 
     Attributes
     ----------
@@ -184,7 +256,8 @@ class GroupTracker:
         ``round -> {client_id: group}`` for every round seen.
     """
 
-    def __init__(self, num_groups: int, method: str = "kmeans", seed: int = 0) -> None:
+    def __init__(self, num_groups: int, method: str = "kmeans", seed: int = 0,
+                 standardize: bool = False, min_size: int = 1) -> None:
         if int(num_groups) < 1:
             raise ValueError(f"num_groups must be >= 1, got {num_groups}")
         if method not in METHODS:
@@ -192,6 +265,8 @@ class GroupTracker:
         self.num_groups = int(num_groups)
         self.method = method
         self.seed = int(seed)
+        self.standardize = bool(standardize)
+        self.min_size = int(min_size)
         self.centroids: np.ndarray | None = None
         self.assignments: dict[int, dict] = {}
 
@@ -217,7 +292,8 @@ class GroupTracker:
         if self.centroids is not None and self.centroids.shape[1] != P.shape[1]:
             raise ValueError(f"prediction-function size changed from {self.centroids.shape[1]} "
                              f"to {P.shape[1]} between rounds")
-        raw = cluster_clients(P, self.num_groups, self.method, seed=self.seed + int(server_round))
+        raw = cluster_clients(P, self.num_groups, self.method, seed=self.seed + int(server_round),
+                              standardize=self.standardize, min_size=self.min_size)
         k = int(raw.max()) + 1 if raw.size else 0
         if self.method == "random":  # RandomGroup: identities are meaningless, skip matching
             labels = raw

@@ -69,12 +69,12 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from clients.gfmfr import ScorerPlan, scorer_plan
+from clients.gfmfr import KL_ITEM_MODES, ScorerPlan, scorer_plan
 from fedmm.config import ConfigSection, comma_list
 from fedmm.device import resolve_device
 from fedmm.models.base import FedRecModel
-from fedmm.protocol import (DIS_LOSS, FEATURES, GFMFR_PAYLOAD, ITEM_COUNTS, PREFERENCE, REC_LOSS,
-                            ROUND_LAMBDA, SCORER_PREFIX, TrainReply, dict_to_arrays)
+from fedmm.protocol import (DIS_LOSS, FEATURES, GFMFR_PAYLOAD, ITEM_COUNTS, KL_ITEMS, PREFERENCE,
+                            REC_LOSS, ROUND_LAMBDA, SCORER_PREFIX, TrainReply, dict_to_arrays)
 from server_tasks.clustering import METHODS as CLUSTER_METHODS
 from server_tasks.clustering import GroupTracker
 from server_tasks.modality_cache import MODALITIES, EncoderConfig, item_modalities
@@ -118,12 +118,15 @@ class GFMFRConfig(ConfigSection):
     lambda_ramp: int = 50
     lambda_max: float = 1.0
     plot_users: int = 100
+    standardize: bool = False
+    min_group_size: int = 1
+    kl_items: str = "batch"
 
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the key when a value is out of range."""
         bad = self.bad
         for name in ("groups", "kg_dim", "group_dim", "hidden", "epochs", "lambda_ramp",
-                     "plot_users"):
+                     "plot_users", "min_group_size"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be >= 1")
         if self.cluster not in CLUSTER_METHODS:
@@ -136,6 +139,8 @@ class GFMFRConfig(ConfigSection):
                                     f"e.g. \"text,kg\"")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise bad("lr", "must be > 0")
+        if self.kl_items not in KL_ITEM_MODES:
+            raise bad("kl_items", f"choose one of {list(KL_ITEM_MODES)}")
         if not (self.lambda_ >= 0 and math.isfinite(self.lambda_)):
             raise bad("lambda_", "must be finite and >= 0")
         if not 0.0 <= self.lambda_beta < 1.0:
@@ -207,7 +212,9 @@ class GFMFR(FedRecStrategy):
         self.plan: ScorerPlan = scorer_plan(model)
         self.num_items, self.dim = model.num_items, model.dim
         self.num_groups = 1 if settings.cluster == "single" else settings.groups
-        self.tracker = GroupTracker(self.num_groups, settings.cluster, seed=seed)
+        self.tracker = GroupTracker(self.num_groups, settings.cluster, seed=seed,
+                                    standardize=settings.standardize,
+                                    min_size=settings.min_group_size)
         self.device = resolve_device(device)
         for m, (feats, mask) in modalities.items():
             if feats.ndim != 2 or feats.shape[0] != self.num_items or mask.shape != (self.num_items,):
@@ -293,8 +300,8 @@ class GFMFR(FedRecStrategy):
         return super().configure_train(server_round, arrays, config, grid)
 
     def train_config(self, server_round: int) -> dict[str, Any]:
-        """``{"gfmfr-lambda-t": λ_t}``."""
-        return {ROUND_LAMBDA: self._lambda}
+        """``{"gfmfr-lambda-t": λ_t, "gfmfr-kl-items": "batch" | "all"}``."""
+        return {ROUND_LAMBDA: self._lambda, KL_ITEMS: self.settings.kl_items}
 
     def train_payload(self, server_round: int, node_ids: list[int]) -> dict[int, dict[str, Any]]:
         """``{"gfmfr": record of the node's group}`` for nodes that have a group."""

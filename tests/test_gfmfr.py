@@ -13,7 +13,7 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from clients.base import FedRecClient, LocalSettings
 from clients.gfmfr import GFMFRClient, preference_kl, scorer_plan
-from fedmm.protocol import (DIS_LOSS, FEATURES, GFMFR_PAYLOAD, PREFERENCE, REC_LOSS, ROUND_LAMBDA,
+from fedmm.protocol import (DIS_LOSS, FEATURES, GFMFR_PAYLOAD, KL_ITEMS, PREFERENCE, REC_LOSS, ROUND_LAMBDA,
                             SCORER_PREFIX)
 from e2e_util import finals, run_app
 from fedmm.config import ConfigError, load_app_config
@@ -152,6 +152,9 @@ def test_config_keys_declared_and_read():
     ("gfmfr-lambda", -1.0, "finite and >= 0"),
     ("gfmfr-lambda-beta", 1.0, r"\[0, 1\)"),
     ("gfmfr-lambda-schedule", "cosine", "unknown schedule"),
+    ("gfmfr-min-group-size", 0, "must be >= 1"),
+    ("gfmfr-kl-items", "unobserved", "choose one of"),
+    ("gfmfr-standardize", "maybe", "bool"),
 ])
 def test_config_errors_name_the_key(key, value, match):
     with pytest.raises(ConfigError, match=f"'{key}'.*{match}"):
@@ -265,6 +268,27 @@ def test_client_kl_zero_for_own_predictions_and_gradient_flows():
     extra.backward()
     assert client.model.score_fn.weight.grad.abs().sum() > 0
     assert client.extra_loss(items, torch.ones(10), client.model(items), {ROUND_LAMBDA: 0.0}) is None
+
+
+def test_kl_over_all_items_reaches_items_outside_the_batch():
+    client = make_client("pfedrec", 0)
+    target = _own_preference(client)
+    target[20:] = target[20:, ::-1]          # disagree only on items 20.. (never in the batch)
+    client.receive({GFMFR_PAYLOAD: {PREFERENCE: target.copy()}}, {})
+    items = torch.arange(10)
+    batch = client.extra_loss(items, torch.ones(10), client.model(items),
+                              {ROUND_LAMBDA: 1.0, KL_ITEMS: "batch"})
+    assert float(batch.detach()) == pytest.approx(0.0, abs=1e-6)
+    every = client.extra_loss(items, torch.ones(10), client.model(items),
+                              {ROUND_LAMBDA: 1.0, KL_ITEMS: "all"})
+    assert float(every.detach()) > 0.01
+    client.model.zero_grad()
+    every.backward()
+    grad = client.model.item_emb.weight.grad
+    assert grad[20:].abs().sum() > 0 and grad[:20].abs().max() < 1e-6   # items 0..19 agree
+    with pytest.raises(ValueError, match="gfmfr-kl-items"):
+        client.extra_loss(items, torch.ones(10), client.model(items),
+                          {ROUND_LAMBDA: 1.0, KL_ITEMS: "some"})
 
 
 def test_lambda_zero_is_the_base_loss():

@@ -15,7 +15,8 @@ import torch
 from fedmm.privacy import laplace_noise
 from server_tasks import image_encoder, kg_encoder
 from server_tasks import modality_cache as enc
-from server_tasks.clustering import GroupTracker, cluster_clients, group_centroids, match_groups
+from server_tasks.clustering import (GroupTracker, cluster_clients, group_centroids, match_groups,
+                                    merge_small_groups, standardize_columns)
 from server_tasks.fusion import FUSION_KINDS, fuse, group_targets, make_fusion, train_fusion
 from server_tasks.group_pref import average_state, group_preference
 from server_tasks.item_text import ItemTextRecipe
@@ -246,6 +247,35 @@ def test_random_single_and_few_clients():
     assert cluster_clients(np.zeros((0, 8)), 3).shape == (0,)
     with pytest.raises(ValueError, match="unknown grouping method"):
         cluster_clients(P, 3, "spectral")
+
+
+def test_standardize_lets_a_small_scale_parameter_decide_the_groups():
+    # Column 0 (large scale) is pure noise; column 1 (tiny scale) holds two clear groups.
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1], 20)
+    P = np.stack([rng.normal(0, 10, 40), truth * 0.01 + rng.normal(0, 0.001, 40)], 1)
+    Z = standardize_columns(P)
+    np.testing.assert_allclose(Z.mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(Z.std(0), 1)
+    assert not _same_partition(cluster_clients(P, 2, "kmeans", seed=0), truth)
+    assert _same_partition(cluster_clients(P, 2, "kmeans", seed=0, standardize=True), truth)
+    assert standardize_columns(np.ones((3, 2))).tolist() == [[0, 0]] * 3   # constant column
+
+
+def test_min_group_size_merges_singletons_into_the_nearest_group():
+    P = np.array([[0.0], [0.1], [0.2], [5.0], [5.1], [5.2], [4.0], [9.0]])
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 3])
+    merged = merge_small_groups(P, labels, 2)
+    assert merged.tolist() == [0, 0, 0, 1, 1, 1, 1, 1]   # 4.0 -> group near 5; then 9.0 too
+    assert merge_small_groups(P, labels, 1).tolist() == labels.tolist()
+    assert merge_small_groups(P, labels, 10).tolist() == [0] * 8   # none big: all into the largest
+    # Through the clustering: a lone far client no longer forms its own group.
+    rng = np.random.default_rng(1)
+    Q = np.concatenate([rng.normal(0, 0.1, (30, 3)), rng.normal(3, 0.1, (30, 3)), [[50, 50, 50]]])
+    sizes = sorted(np.bincount(cluster_clients(Q, 3, "kmeans", seed=0)).tolist())
+    assert sizes == [1, 30, 30]
+    labels = cluster_clients(Q, 3, "kmeans", seed=0, min_size=5)
+    assert sorted(np.bincount(labels).tolist()) == [30, 31]
 
 
 def test_match_groups_keeps_identities_under_permutation():
