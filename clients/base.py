@@ -32,7 +32,7 @@ from fedmm.metrics import leave_one_out_metrics
 from fedmm.models.base import FedRecModel
 from fedmm.models.optim import GroupedOptimizer, resolve_optimizers
 from fedmm.privacy import count_noise, laplace_noise, pad_item_updates
-from fedmm.protocol import ITEM_COUNTS, ITEM_TABLE_KEY, TRAIN_LOSS
+from fedmm.protocol import FRESH_PREFIX, ITEM_COUNTS, ITEM_TABLE_KEY, TRAIN_LOSS
 
 #: RNG stream tags (4th seed word) of the upload's privacy draws, apart from training's stream.
 _COUNT_STREAM, _PAD_STREAM = 2, 3
@@ -173,6 +173,8 @@ class FedRecClient(NumPyClient):
                 batches += 1
         self._item_counts = counts if config.get("aggregation") == "itemwise" else None
         params = self.get_parameters({})
+        fresh = ({FRESH_PREFIX + k: v for k, v in self.ranking()[1].items()}
+                 if s.train_eval else {})
         if s.pad_items > 0:  # before the noise: padded rows are noised like every other row
             t = self._shared_keys.index(ITEM_TABLE_KEY)
             pad_rng = np.random.default_rng([s.seed, server_round, self.data.user, _PAD_STREAM])
@@ -181,11 +183,18 @@ class FedRecClient(NumPyClient):
         if s.ldp_delta > 0:
             params = laplace_noise(params, s.ldp_delta, rng)
         num_examples = int(n_pos * (1 + s.num_negatives))
-        return params, num_examples, {TRAIN_LOSS: total / max(batches, 1), "num-positives": int(n_pos)}
+        return params, num_examples, {TRAIN_LOSS: total / max(batches, 1), "num-positives": int(n_pos),
+                                      **fresh}
 
     # ----- evaluation -----------------------------------------------------------------------
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
         self.set_parameters(parameters)
+        loss, metrics = self.ranking()
+        return loss, 1, metrics
+
+    def ranking(self) -> tuple[float, dict[str, float]]:
+        """Leave-one-out metrics of the model as it is now (validation and test item against
+        the user's fixed sampled negatives and/or the full catalogue) and the monitoring BCE."""
         self.model.eval()
         s, d = self.settings, self.data
         with torch.no_grad():
@@ -197,4 +206,4 @@ class FedRecClient(NumPyClient):
         labels = np.concatenate([[1.0, 1.0], np.zeros(negs.size)])
         logits = torch.as_tensor(scores[items], dtype=torch.float64)
         loss = float(F.binary_cross_entropy_with_logits(logits, torch.as_tensor(labels)))
-        return loss, 1, metrics
+        return loss, metrics

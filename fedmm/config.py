@@ -171,6 +171,7 @@ class LocalSettings(ConfigSection):
     device: str
     ldp_delta: float
     pad_items: int
+    train_eval: bool
     eval_protocol: str
     num_eval_negatives: int
     topk: tuple[int, ...]
@@ -185,7 +186,7 @@ class LocalSettings(ConfigSection):
         protocol ``both``, top-K 5,10,20,50 — changed by ``overrides`` (field names)."""
         base: dict[str, Any] = dict(
             local_epochs=1, weight_decay=0.0, batch_size=256, num_negatives=4, device="cpu",
-            ldp_delta=0.0, pad_items=0, eval_protocol="both", num_eval_negatives=99, topk=(5, 10, 20, 50), seed=0,
+            ldp_delta=0.0, pad_items=0, train_eval=False, eval_protocol="both", num_eval_negatives=99, topk=(5, 10, 20, 50), seed=0,
             **{f"{g}_optimizer": "" for g in OPTIM_GROUPS}, **{f"{g}_lr": 0.0 for g in OPTIM_GROUPS})
         base.update(overrides)
         return cls(**base)

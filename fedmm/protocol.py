@@ -52,6 +52,9 @@ SERVER_ROUND, AGGREGATION, QUERY = "server-round", "aggregation", "query"
 
 # ----- metric keys (client -> server) --------------------------------------------------------
 NUM_EXAMPLES, TRAIN_LOSS, EVAL_LOSS, USER = "num-examples", "train-loss", "eval-loss", "user"
+#: Prefix of the train-reply metrics of a client's freshly trained model (``train-eval``):
+#: ``fresh-valid_sampled_hr@10`` etc.; the strategy averages them into the round record.
+FRESH_PREFIX = "fresh-"
 
 # ----- arrays --------------------------------------------------------------------------------
 #: Default name of the shared item table (the strategies take it as an argument).

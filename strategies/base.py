@@ -37,7 +37,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedmm.protocol import (AGGREGATION, ARRAYS, CONFIG, ITEM_COUNTS, ITEM_TABLE_KEY, METRICS,
-                            NUM_EXAMPLES, QUERY, SERVER_ROUND, TRAIN_LOSS, USER, TrainReply,
+                            FRESH_PREFIX, NUM_EXAMPLES, QUERY, SERVER_ROUND, TRAIN_LOSS, USER,
+                            TrainReply,
                             arrays_to_dict, dict_to_arrays, record_bytes)
 from strategies.aggregation import (ReplyError, better, check_reply_arrays, itemwise_average,
                                     mean_metrics, weighted_average)
@@ -320,6 +321,10 @@ class FedRecStrategy(FedAvg):
         # when the user is unknown).
         client_bytes = {str(r.user if r.user is not None else r.node): [self._down.get(r.node, 0), r.bytes_up]
                         for r in parsed}
+        # train-eval: the sampled clients' freshly trained models (a cheap per-round curve).
+        # Each user counts once, as in the all-user evaluation.
+        self._round.update(mean_metrics([{k: v for k, v in r.metrics.items()
+                                          if k.startswith(FRESH_PREFIX)} for r in parsed]))
         self._round.update({TRAIN_LOSS: agg.get(TRAIN_LOSS, float("nan")),
                             "bytes-up-per-client": sum(r.bytes_up for r in parsed) / len(parsed),
                             "client-bytes": client_bytes,

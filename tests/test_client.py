@@ -130,3 +130,19 @@ def test_client_tells_the_model_the_round():
     (p1, lam1), (p30, lam30) = update(1), update(30)
     assert lam1 == 0.0 and lam30 > 0.09
     assert not np.allclose(p1, p30)
+
+
+def test_train_eval_reports_the_freshly_trained_models_ranking():
+    from fedmm.protocol import FRESH_PREFIX
+
+    quiet = make_client("pfedrec")
+    params, _, metrics = quiet.fit(quiet.get_parameters({}), {"server-round": 1})
+    assert not any(k.startswith(FRESH_PREFIX) for k in metrics)        # off by default
+    c = make_client("pfedrec", **{"train-eval": True})
+    before = c.evaluate(c.get_parameters({}), {})[2]
+    params, _, metrics = c.fit(c.get_parameters({}), {"server-round": 1})
+    fresh = {k[len(FRESH_PREFIX):]: v for k, v in metrics.items() if k.startswith(FRESH_PREFIX)}
+    assert set(fresh) == set(before) and "valid_sampled_hr@10" in fresh
+    # The same figures as evaluating the uploaded parameters with this client's private part.
+    assert fresh == c.evaluate(params, {})[2]
+    assert fresh != before                                             # the model did train

@@ -87,3 +87,12 @@ def test_client_exception_becomes_an_error_reply_and_state_persists_per_node():
         assert replies[1].has_error() and "user 1 has a broken disk" in replies[1].error.reason
         assert [r.content["metrics"]["seen"] for i, r in enumerate(replies) if i != 1] == [expected] * 2
     assert grid.messages == 6
+
+
+def test_train_eval_gives_a_per_round_curve(tmp_path, tiny_grouplens):
+    proc, out = run_inprocess_app(tmp_path, tiny_grouplens,
+                                  "num-server-rounds=3 eval-every=3 fraction-train=0.5 train-eval=true")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rounds = rounds_of(out)
+    assert all(0.0 <= r["fresh-valid_sampled_hr@10"] <= 1.0 for r in rounds)
+    assert "eval-users" not in rounds[0] and rounds[2]["eval-users"] == 12
