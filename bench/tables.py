@@ -55,14 +55,35 @@ def rows(name: str, finals: list[dict], metrics: list[str], scale: float) -> lis
     return out
 
 
-def load(path: Path) -> list[dict]:
+def truncated(run_dir: Path, final: dict, max_round: int) -> dict:
+    """``final`` as if the run had stopped at ``max_round``: the best round by the run's
+    ``select-metric`` (config.json) among the evaluated rounds ``<= max_round`` of
+    ``rounds.jsonl`` (training up to there is the same), its test metrics; reference rows kept.
+
+    Raises ValueError when the run has no evaluated round ``<= max_round``."""
+    select = json.loads((run_dir / "config.json").read_text())["select-metric"]
+    best = None
+    for line in (run_dir / "rounds.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["round"] <= max_round and select in rec and (best is None or rec[select] > best[select]):
+            best = rec
+    if best is None:
+        raise ValueError(f"{run_dir}: no evaluated round <= {max_round}")
+    test = {k.removeprefix("test_"): v for k, v in best.items() if k.startswith("test_")}
+    return {**final, "best_round": best["round"], "test": test}
+
+
+def load(path: Path, max_round: int | None = None) -> list[dict]:
     """Finals of a ``*-summary.json``, the one ``final.json`` of a run directory, or one
     final-shaped file (``{"seed", "best_round", "test"}``, e.g. figures kept in ``docs/data/``
-    for a run whose directory is gone). Raises ValueError naming the path for a missing
+    for a run whose directory is gone). ``max_round`` (run directories only): the figures the
+    run had at that round (:func:`truncated`). Raises ValueError naming the path for a missing
     path, an unfinished run, a file that is not JSON, or JSON of another shape."""
     if path.is_dir():
         if not (path / "final.json").exists():
             raise ValueError(f"{path}: no final.json (the run did not finish?)")
+        if max_round is not None:
+            return [truncated(path, json.loads((path / "final.json").read_text()), max_round)]
         path = path / "final.json"
     elif not path.exists():
         raise ValueError(f"{path}: no such run directory or file")
@@ -85,6 +106,9 @@ def main() -> None:
                     help="one row pooling the seeds of these summary files")
     ap.add_argument("--metrics", nargs="+", default=["sampled_hr@10", "sampled_ndcg@10", "full_hr@50", "full_ndcg@50"])
     ap.add_argument("--scale", type=float, default=100.0, help="multiply metrics (default: percent)")
+    ap.add_argument("--max-round", type=int, default=None,
+                    help="--row run directories: best validation round among rounds <= this "
+                         "(the figures of a shorter run with the same seed)")
     args = ap.parse_args()
     try:
         lines = _lines(args)
@@ -100,7 +124,7 @@ def _lines(args: argparse.Namespace) -> list[str]:
         name, _, files = spec.rpartition("=")   # the name may contain "=", the paths not
         if not name or not files:
             raise ValueError(f"--row {spec!r}: expected NAME=PATH[,PATH...]")
-        finals = [f for p in files.split(",") for f in load(Path(p))]
+        finals = [f for p in files.split(",") for f in load(Path(p), args.max_round)]
         out += rows(name, finals, args.metrics, args.scale)
     for d in map(Path, args.dirs):
         for path in (sorted(d.glob("*-summary.json")) if d.is_dir() else [d]):

@@ -72,3 +72,21 @@ def test_reference_rows_follow_their_run(tmp_path):
     assert lines[2] == "| pfedrec: centralised | 70.00 ± 0.00 | 2 | 30 |"
     del finals[1]["reference"]
     assert len(tables.rows("x", finals, ["sampled_hr@10"], 100.0)) == 1
+
+
+def test_max_round_reselects_the_best_round_of_a_shorter_run(tmp_path):
+    run = tmp_path / "run-s0"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"select-metric": "valid_sampled_hr@10"}))
+    rounds = [{"round": 1, "train-loss": 0.5},
+              {"round": 2, "valid_sampled_hr@10": 0.3, "test_sampled_hr@10": 0.25},
+              {"round": 4, "valid_sampled_hr@10": 0.2, "test_sampled_hr@10": 0.35},
+              {"round": 6, "valid_sampled_hr@10": 0.9, "test_sampled_hr@10": 0.8}]
+    (run / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rounds) + "\n")
+    (run / "final.json").write_text(json.dumps({**_final(0, 0.8), "best_round": 6, "reference": {}}))
+    (short,) = tables.load(run, max_round=5)
+    assert short["best_round"] == 2 and short["test"] == {"sampled_hr@10": 0.25}
+    assert short["reference"] == {} and short["seed"] == 0
+    assert tables.load(run)[0]["best_round"] == 6
+    with pytest.raises(ValueError, match="no evaluated round <= 1"):
+        tables.load(run, max_round=1)
