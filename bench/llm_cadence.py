@@ -28,7 +28,12 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--llm", default="smollm2", help="fedsllm-llm value")
     p.add_argument("--updates", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1, as a run's ServerApp uses: run-config 'threads')")
     args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     from fedmm.data.split import load_item_side
     from server_tasks.prototypes import PrototypeManager
     from server_tasks.prototypes.backends import make_generator
@@ -52,7 +57,8 @@ def main(argv=None) -> int:
         calls.append(time.perf_counter() - t)
     print(json.dumps({"dataset": args.dataset, "llm": args.llm, "first_call_with_load_s": round(load_and_first, 2),
                       "first_source": first.source, "update_calls_s": [round(c, 2) for c in calls],
-                      "median_update_s": round(statistics.median(calls), 2)}))
+                      "median_update_s": round(statistics.median(calls), 2),
+                      "threads": args.threads}))
     return 0
 
 
