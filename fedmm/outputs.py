@@ -60,6 +60,13 @@ class RunRecorder:
         with open(self.run_dir / "rounds.jsonl", "a") as fh:
             fh.write(json.dumps(record, sort_keys=True, default=float) + "\n")
 
+    def rewind(self, last_round: int) -> int:
+        """Drop the lines of rounds after ``last_round`` from ``rounds.jsonl`` (a resumed run
+        redoes them); returns how many."""
+        from fedmm.checkpoint import truncate_jsonl
+
+        return truncate_jsonl(self.run_dir / "rounds.jsonl", last_round)
+
     def write_final(self, final: dict[str, Any]) -> None:
         _atomic_json(self.run_dir / "final.json", final)
 
