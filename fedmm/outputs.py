@@ -1,4 +1,5 @@
-"""Run directories: resolved config, per-round JSON lines, final metrics. Nothing is overwritten."""
+"""Run directories: resolved config, per-round JSON lines, final metrics. Nothing is overwritten
+(a resumed run only drops the rounds after its checkpoint from ``rounds.jsonl``, to redo them)."""
 from __future__ import annotations
 
 import json
