@@ -15,6 +15,11 @@ run failed (``flwr run --stream`` itself exits 0 on failure, so success is judge
 ServerApp and ClientApp code in this process without Ray (fedmm/inprocess.py: same metrics, for
 sweeps on few cores). On ``--timeout`` or Ctrl-C the Flower run
 itself is stopped (``flwr stop``) and its directory gets ``failed.json``.
+
+``--resume RUN_DIR`` continues an interrupted run from its last checkpoint (run-config key
+``checkpoint-every``) with the config in ``RUN_DIR/config.json``, in the same directory:
+
+    python run.py --engine inprocess --resume outputs/20260101-120000-ml-100k-pfedrec-base-s0
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,9 +60,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="simulation: flwr run on Flower's Ray engine (default); inprocess: the same "
                         "ServerApp and ClientApp code in this one process, no Ray or SuperLink "
                         "(fedmm/inprocess.py; for sweeps on few cores)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the interrupted run in RUN_DIR from its last checkpoint, with "
+                        "the run config saved in RUN_DIR/config.json")
     args = p.parse_args(argv)
     if args.engine == "inprocess" and (args.superlink or args.federation_config or args.timeout):
         p.error("--engine inprocess takes no --superlink, --federation-config or --timeout")
+    if args.resume is not None and (args.run_config or args.config or args.out or args.seeds):
+        p.error("--resume takes no --run-config, --config, --out or --seeds: a resumed run is "
+                "the same run, with the config in RUN_DIR/config.json")
     return args
 
 
@@ -82,6 +94,16 @@ def resolve_config(args: argparse.Namespace):
     cfg["out-dir"] = str(Path(cfg["out-dir"]).expanduser().resolve())
     if cfg["cache-dir"]:
         cfg["cache-dir"] = str(Path(cfg["cache-dir"]).expanduser().resolve())
+    if cfg["client-state-dir"]:
+        cfg["client-state-dir"] = str(Path(cfg["client-state-dir"]).expanduser().resolve())
+    return cfg, validate_config(cfg)
+
+
+def validate_config(cfg: dict):
+    """The typed :class:`~fedmm.config.RunConfig` of the raw ``cfg``, the method's section
+    checked too (raises :class:`~fedmm.config.ConfigError`)."""
+    from fedmm.config import RunConfig
+
     rc = RunConfig.from_mapping(cfg)  # fail fast, before any process starts
     # The method's own section too (the ServerApp reads it again; a bad value must not wait
     # for Flower to start).
@@ -93,7 +115,58 @@ def resolve_config(args: argparse.Namespace):
         from strategies.fedsllm import FedSLLMConfig
 
         FedSLLMConfig.from_mapping(cfg)
-    return cfg, rc
+    return rc
+
+
+class ResumeError(ValueError):
+    """``--resume RUN_DIR`` cannot continue that directory (nothing was changed)."""
+
+
+def resume_config(run_dir: str | Path):
+    """The raw and typed run config that continues ``run_dir``: its ``config.json`` (keys
+    declared in pyproject.toml; keys it lacks, added to fedmm since, take their defaults, with
+    a warning) with ``resume-round`` = the round of its checkpoint.
+
+    Raises
+    ------
+    ResumeError
+        ``run_dir`` is not a directory, is complete (``final.json``), has no checkpoint, or its
+        config cannot be loaded or names another directory (the run was moved).
+    """
+    from fedmm.checkpoint import checkpoint_round
+    from fedmm.config import ConfigError, load_app_config
+
+    run_dir = Path(run_dir).expanduser().resolve()
+    if not run_dir.is_dir():
+        raise ResumeError(f"{run_dir} is not a directory")
+    if (run_dir / "final.json").exists():
+        raise ResumeError(f"{run_dir} has final.json: that run is complete; nothing to resume")
+    k = checkpoint_round(run_dir)
+    if k is None:
+        raise ResumeError(f"{run_dir} has no checkpoint ({run_dir}/checkpoint/checkpoint.json): "
+                          "the run had checkpoint-every = 0 or stopped before its first "
+                          "checkpoint; start it again instead")
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise ResumeError(f"{run_dir}/config.json cannot be loaded: {exc}") from None
+    defaults = load_app_config(APP_DIR / "pyproject.toml")
+    missing = sorted(set(defaults) - set(saved))
+    if missing:
+        print(f"warning: {run_dir}/config.json lacks {missing} (keys added to fedmm since); "
+              "their defaults are used", file=sys.stderr)
+    cfg = {k_: saved.get(k_, v) for k_, v in defaults.items()}
+    cfg["resume-round"] = k
+    target = Path(cfg["out-dir"]).expanduser().resolve() / str(cfg["run-name"])
+    if target != run_dir:
+        raise ResumeError(f"{run_dir}/config.json names the run directory {target}: resume the "
+                          "run where it was written (a moved run directory is not supported)")
+    try:
+        return cfg, validate_config(cfg)
+    except ConfigError as exc:
+        raise ResumeError(f"{run_dir}/config.json cannot be loaded: {exc}") from None
 
 
 def foreign_superlink(app_dir: Path = APP_DIR, proc: Path = Path("/proc")) -> tuple[int, Path] | None:
@@ -164,6 +237,22 @@ def mark_failed(run_dir: Path, reason: str, create: bool = False) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
     if run_dir.is_dir() and not (run_dir / "final.json").exists():
         (run_dir / "failed.json").write_text(json.dumps({"status": "failed", "reason": reason}, indent=2))
+
+
+#: Sub-directory of a run directory where run.py has the ClientApps keep their private state.
+CLIENT_STATE = "client-state"
+
+
+def set_aside_failure(run_dir: Path) -> None:
+    """Before resuming ``run_dir``: rename the ``failed.json`` of the interrupted attempt to
+    ``failed-<n>.json`` (kept as its record; a ``failed.json`` left after the resumed run is
+    then that run's own)."""
+    failed = run_dir / "failed.json"
+    if failed.is_file():
+        n = 1
+        while (run_dir / f"failed-{n}.json").exists():
+            n += 1
+        os.replace(failed, run_dir / f"failed-{n}.json")
 
 
 class RunInterrupted(RuntimeError):
@@ -240,7 +329,7 @@ def stream_flwr(cmd: list[str], env: dict[str, str], timeout: float | None,
 
 
 def run_one(cfg: dict, rc, num_users: int, federation_config: str, timeout: float | None,
-            superlink: str | None = None) -> dict:
+            superlink: str | None = None, resume: bool = False) -> dict:
     """One ``flwr run`` of the raw config ``cfg`` (typed: ``rc``); returns the run's final.json.
 
     Simulation (``num_users`` SuperNodes) unless ``superlink`` names a deployed SuperLink's
@@ -253,7 +342,7 @@ def run_one(cfg: dict, rc, num_users: int, federation_config: str, timeout: floa
         a ``final.json`` already written is kept).
     """
     run_dir = Path(rc.out_dir) / rc.run_name
-    if run_dir.exists():
+    if run_dir.exists() and not resume:
         raise RuntimeError(f"{run_dir} exists already; results are never overwritten")
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as fh:
         for k, v in cfg.items():
@@ -285,7 +374,7 @@ def run_one(cfg: dict, rc, num_users: int, federation_config: str, timeout: floa
     return json.loads(final.read_text())
 
 
-def run_one_inprocess(cfg: dict, rc, num_users: int) -> dict:
+def run_one_inprocess(cfg: dict, rc, num_users: int, resume: bool = False) -> dict:
     """One run of the raw config ``cfg`` (typed: ``rc``) on the in-process engine
     (:mod:`fedmm.inprocess`); returns its final.json.
 
@@ -299,7 +388,7 @@ def run_one_inprocess(cfg: dict, rc, num_users: int) -> dict:
     from fedmm.inprocess import run_inprocess
 
     run_dir = Path(rc.out_dir) / rc.run_name
-    if run_dir.exists():
+    if run_dir.exists() and not resume:
         raise RuntimeError(f"{run_dir} exists already; results are never overwritten")
     print(f"fedmm: in-process engine, {num_users} nodes", flush=True)
     try:
@@ -357,33 +446,49 @@ def main(argv: list[str] | None = None) -> int:
     from fedmm.data.split import load_federated
 
     try:
-        cfg, rc = resolve_config(args)
+        cfg, rc = resume_config(args.resume) if args.resume else resolve_config(args)
         data = load_federated(rc.dataset, rc.rating_threshold, rc.min_interactions, rc.cache_dir)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, ResumeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    seeds = args.seeds if args.seeds else [rc.seed]
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base_name = rc.run_name or (f"{stamp}-{re.sub(r'[^A-Za-z0-9_-]', '_', data.name)}-"
-                                f"{rc.backbone}-{rc.method}")
+    if args.resume:
+        jobs = [(cfg, rc)]
+        base_name = rc.run_name
+        print(f"fedmm: resuming {Path(rc.out_dir) / rc.run_name} after its checkpoint of round "
+              f"{rc.resume_round} (of {rc.num_server_rounds})", flush=True)
+    else:
+        base_name = rc.run_name or (f"{stamp}-{re.sub(r'[^A-Za-z0-9_-]', '_', data.name)}-"
+                                    f"{rc.backbone}-{rc.method}")
+        jobs = []
+        for seed in (args.seeds if args.seeds else [rc.seed]):
+            name = f"{base_name}-s{seed}"
+            run_cfg = dict(cfg, seed=seed, **{"run-name": name})
+            # Checkpoints need the clients' private state too: on the engines that run every
+            # client on this machine it goes under the run directory.
+            if rc.checkpoint_every and not rc.client_state_dir and not args.superlink:
+                run_cfg["client-state-dir"] = str(Path(rc.out_dir) / name / CLIENT_STATE)
+            jobs.append((run_cfg, validate_config(run_cfg)))
     finals, failed = [], []
-    for seed in seeds:
-        name = f"{base_name}-s{seed}"
-        run_rc = replace(rc, run_name=name, local=replace(rc.local, seed=seed))
+    for run_cfg, run_rc in jobs:
+        run_dir = Path(run_rc.out_dir) / run_rc.run_name
         try:
+            if args.resume:
+                set_aside_failure(run_dir)
             if args.engine == "inprocess":
-                final = run_one_inprocess(dict(cfg, seed=seed, **{"run-name": name}), run_rc,
-                                          data.num_users)
+                final = run_one_inprocess(run_cfg, run_rc, data.num_users, resume=bool(args.resume))
             else:
-                final = run_one(dict(cfg, seed=seed, **{"run-name": name}), run_rc, data.num_users,
-                                args.federation_config, args.timeout, args.superlink)
+                final = run_one(run_cfg, run_rc, data.num_users, args.federation_config,
+                                args.timeout, args.superlink, resume=bool(args.resume))
+            if Path(run_rc.client_state_dir or "/nonexistent") == run_dir / CLIENT_STATE:
+                shutil.rmtree(run_dir / CLIENT_STATE, ignore_errors=True)  # complete: not needed
             finals.append(with_reference(run_rc, data, final))
         except RunInterrupted as exc:
             print(f"error: {exc}; no further seed started", file=sys.stderr)
             return 130
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            failed.append(seed)
+            failed.append(run_rc.seed)
     if len(finals) > 1:
         print(mean_std_table(finals))
     if finals and (len(finals) > 1 or args.seeds):

@@ -11,7 +11,8 @@ usage="usage: deploy/run.sh DEPLOY_DIR SUPERLINK_ADDRESS [run.py OPTIONS...]
   run failed (failed.json says why), 2 on a bad config, 130 on Ctrl-C. --timeout SECONDS and
   Ctrl-C stop the Flower run itself (flwr stop). Run it where the ServerApp's files are visible
   (the SuperLink machine): OPTIONS --out must be an absolute path there.
-  OPTIONS: --run-config \"KEY=VALUE ...\", --config FILE.toml, --seeds S..., --out DIR, --timeout S
+  OPTIONS: --run-config \"KEY=VALUE ...\", --config FILE.toml, --seeds S..., --out DIR, --timeout S,
+  or --resume RUN_DIR (continue an interrupted run from its checkpoint; no --out is added)
   (python run.py --help)."
 check_args 2 1000 "$@"
 need flwr
@@ -21,7 +22,8 @@ shift 2
 write_connection "$link" "$DEPLOY/certs/ca.crt"
 args=("$@")
 has_out=0
-for a in "$@"; do [[ "$a" == --out || "$a" == --out=* ]] && has_out=1; done
+# --resume RUN_DIR takes its out-dir from RUN_DIR/config.json (and refuses --out).
+for a in "$@"; do [[ "$a" == --out || "$a" == --out=* || "$a" == --resume || "$a" == --resume=* ]] && has_out=1; done
 (( has_out )) || args=(--out "$DEPLOY/outputs" "${args[@]}")
 py="$(dirname "$(command -v flwr)")/python"
 [[ -x "$py" ]] || py=python3

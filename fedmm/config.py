@@ -271,6 +271,10 @@ class RunConfig(ConfigSection):
     out_dir: str
     run_name: str
     threads: int
+    # checkpoint and resume
+    checkpoint_every: int
+    client_state_dir: str
+    resume_round: int
 
     NESTED: ClassVar = {"local": LocalSettings}
 
@@ -313,6 +317,12 @@ class RunConfig(ConfigSection):
         if self.select_metric not in self.metric_names(split="valid"):
             raise bad("select-metric", f"must be one of the validation metrics this protocol "
                                        f"produces: {self.metric_names(split='valid')}")
+        for key in ("checkpoint-every", "resume-round"):
+            if getattr(self, key.replace("-", "_")) < 0:
+                raise bad(key, "must be >= 0 (0 = off / a fresh run)")
+        if self.resume_round and not self.run_name:
+            raise bad("resume-round", "a resumed run needs run-name (the directory under "
+                                      "out-dir it continues); use run.py --resume <run-dir>")
         if any(c in self.run_name for c in "/\\") or self.run_name in (".", ".."):
             raise bad("run-name", "must be a plain directory name (no path separators)")
 

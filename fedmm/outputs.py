@@ -1,4 +1,5 @@
-"""Run directories: resolved config, per-round JSON lines, final metrics. Nothing is overwritten."""
+"""Run directories: resolved config, per-round JSON lines, final metrics. Nothing is overwritten
+(a resumed run only drops the rounds after its checkpoint from ``rounds.jsonl``, to redo them)."""
 from __future__ import annotations
 
 import json
@@ -59,6 +60,13 @@ class RunRecorder:
     def log_round(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / "rounds.jsonl", "a") as fh:
             fh.write(json.dumps(record, sort_keys=True, default=float) + "\n")
+
+    def rewind(self, last_round: int) -> int:
+        """Drop the lines of rounds after ``last_round`` from ``rounds.jsonl`` (a resumed run
+        redoes them); returns how many."""
+        from fedmm.checkpoint import truncate_jsonl
+
+        return truncate_jsonl(self.run_dir / "rounds.jsonl", last_round)
 
     def write_final(self, final: dict[str, Any]) -> None:
         _atomic_json(self.run_dir / "final.json", final)

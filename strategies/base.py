@@ -18,6 +18,14 @@
 * ``aggregate_evaluate`` — per-user metrics averaged over users; keeps the best round by the
   validation metric ``select-metric``.
 
+Checkpoints (``checkpoint_every`` rounds, :mod:`fedmm.checkpoint`): at the end of such a round
+(after ``aggregate_evaluate``) the global arrays and :meth:`state_dict` (the sampling RNG,
+history, best round, process RNG states, and the method's state through the subclasses'
+``state_dict`` / ``load_state_dict``) are saved under ``checkpoint_dir``. A resumed run
+calls :meth:`restore` and then ``start(..., first_round=k + 1)``, which runs rounds
+``k + 1 .. num_rounds`` in the same loop as Flower's ``Strategy.start`` (the messages are the
+same; only the first round differs).
+
 The message contract (records, keys, shapes) is documented once, in :mod:`fedmm.protocol`;
 replies are parsed there into :class:`~fedmm.protocol.TrainReply` once per round and handed
 to :meth:`server_update`.
@@ -28,13 +36,16 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
+
+from fedmm import checkpoint as ckpt
 
 from fedmm.protocol import (AGGREGATION, ARRAYS, CONFIG, ITEM_COUNTS, ITEM_TABLE_KEY, METRICS,
                             FRESH_PREFIX, NUM_EXAMPLES, QUERY, SERVER_ROUND, TRAIN_LOSS, USER,
@@ -82,6 +93,12 @@ class FedRecStrategy(FedAvg):
     num_rounds : int, optional
         Only for driving the hooks by hand (tests); :meth:`start`'s ``num_rounds`` is the one
         that counts and replaces it.
+    checkpoint_every : int, default 0
+        Save a checkpoint into ``checkpoint_dir`` after every this many rounds and after the
+        last round (0: never).
+    checkpoint_dir : path, optional
+        The run directory the checkpoint goes to (``<dir>/checkpoint/``); needed when
+        ``checkpoint_every > 0``.
     """
 
     def __init__(self, *, fraction_train: float = 0.1, eval_every: int = 10,
@@ -89,7 +106,8 @@ class FedRecStrategy(FedAvg):
                  seed: int = 0, on_round: Callable[[dict[str, Any]], None] | None = None,
                  min_available_nodes: int = 1, item_table_key: str = ITEM_TABLE_KEY,
                  node_timeout: float = 300.0, min_train_replies: int = 1,
-                 max_eval_failures: float = 0.0, num_rounds: int | None = None) -> None:
+                 max_eval_failures: float = 0.0, num_rounds: int | None = None,
+                 checkpoint_every: int = 0, checkpoint_dir: str | Path | None = None) -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=1.0, min_train_nodes=1,
                          min_evaluate_nodes=1, min_available_nodes=min_available_nodes)
         if aggregation not in ("fedavg", "mean", "itemwise"):
@@ -99,6 +117,13 @@ class FedRecStrategy(FedAvg):
         if min_train_replies < 1 or not 0.0 <= max_eval_failures < 1.0:
             raise ValueError(f"need min_train_replies >= 1 and 0 <= max_eval_failures < 1, got "
                              f"{min_train_replies} and {max_eval_failures}")
+        if checkpoint_every < 0 or (checkpoint_every > 0 and checkpoint_dir is None):
+            raise ValueError(f"checkpoint_every must be >= 0 and needs a checkpoint_dir, got "
+                             f"{checkpoint_every} and {checkpoint_dir}")
+        self.checkpoint_every = int(checkpoint_every)
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.resumed_from: list[int] = []        # checkpoint rounds this run was resumed from
+        self._arrays_out: dict[str, np.ndarray] | None = None   # global arrays after the round
         self.min_train_replies = int(min_train_replies)
         self.max_eval_failures = float(max_eval_failures)
         self._started = False                    # discover_users done: no more waiting
@@ -149,6 +174,66 @@ class FedRecStrategy(FedAvg):
         """Called once after the last round (write plots, close logs); returns extra fields
         for ``final.json`` (base: none)."""
         return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly as this one would: the sampling
+        RNG, history, best round, the process RNG states, the resume list. Values are torch
+        tensors and plain containers (``torch.load(weights_only=True)`` reads them back).
+        Subclasses add their method's state under their own keys (``super().state_dict()``
+        first) and restore it in :meth:`load_state_dict`."""
+        import json
+
+        version, internal, gauss = self._rng.getstate()
+        return {"sampling-rng": [version, list(internal), gauss],
+                # history/best as JSON text: floats (NaN included) and nested dicts exactly
+                "history": json.dumps(self.history, default=ckpt.json_default),
+                "best": json.dumps(self.best, default=ckpt.json_default),
+                "resumed-from": list(self.resumed_from), "rng": ckpt.rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (the process RNG states included)."""
+        import json
+
+        version, internal, gauss = state["sampling-rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
+        self.history = json.loads(state["history"])
+        self.best = json.loads(state["best"])
+        self.resumed_from = list(state["resumed-from"])
+        ckpt.set_rng_state(state["rng"])
+
+    def rewind_outputs(self, server_round: int) -> None:
+        """A resumed run redoes the rounds after ``server_round``: drop them from this
+        strategy's own per-round output files (base: none; the ServerApp rewinds
+        ``rounds.jsonl``)."""
+
+    # ----- checkpoints ------------------------------------------------------------------------
+    def is_checkpoint_round(self, server_round: int) -> bool:
+        return self.checkpoint_every > 0 and (server_round % self.checkpoint_every == 0
+                                              or server_round == self.num_rounds)
+
+    def save_checkpoint(self, server_round: int) -> None:
+        """Write the checkpoint of ``server_round`` (global arrays after it, :meth:`state_dict`)."""
+        assert self.checkpoint_dir is not None and self._arrays_out is not None
+        t = time.perf_counter()
+        ckpt.save_checkpoint(self.checkpoint_dir, server_round, self._arrays_out, self.state_dict(),
+                             info={"num-rounds": self.num_rounds, "strategy-class": type(self).__name__})
+        log(INFO, "fedmm: checkpoint of round %d saved (%.2f s)", server_round, time.perf_counter() - t)
+
+    def restore(self, run_dir: str | Path) -> tuple[int, dict[str, np.ndarray]]:
+        """Load the checkpoint in ``run_dir`` into this strategy (built with the same config)
+        and rewind its own output files; returns ``(round, global arrays)``: continue with
+        ``start(initial_arrays=arrays, first_round=round + 1)``.
+
+        Raises
+        ------
+        fedmm.checkpoint.CheckpointError
+            No readable checkpoint.
+        """
+        server_round, arrays, state = ckpt.load_checkpoint(Path(run_dir))
+        self.load_state_dict(state)
+        self.resumed_from.append(server_round)
+        self.rewind_outputs(server_round)
+        return server_round, arrays
 
     # ----- sampling ---------------------------------------------------------------------------
     def _nodes(self, grid: Grid) -> list[int]:
@@ -233,15 +318,64 @@ class FedRecStrategy(FedAvg):
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
               timeout: float = 3600, train_config: ConfigRecord | None = None,
-              evaluate_config: ConfigRecord | None = None, evaluate_fn=None):
+              evaluate_config: ConfigRecord | None = None, evaluate_fn=None,
+              first_round: int = 1):
         """:meth:`discover_users`, then Flower's round loop (``Strategy.start``) for
-        ``num_rounds`` rounds (also the last round, which is always evaluated)."""
+        ``num_rounds`` rounds (also the last round, which is always evaluated).
+
+        ``first_round > 1`` (a run resumed with :meth:`restore`): rounds ``first_round ..
+        num_rounds`` only, ``initial_arrays`` being the global arrays after round
+        ``first_round - 1`` (:meth:`_resume_rounds`, the same loop)."""
         self.num_rounds = int(num_rounds)
         self.user_of = self.discover_users(grid, timeout)
         self._started = True
+        if first_round > 1:
+            return self._resume_rounds(grid, initial_arrays, int(first_round), timeout,
+                                       train_config, evaluate_config, evaluate_fn)
         return super().start(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds,
                              timeout=timeout, train_config=train_config,
                              evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)
+
+    def _resume_rounds(self, grid: Grid, arrays: ArrayRecord, first_round: int, timeout: float,
+                       train_config: ConfigRecord | None, evaluate_config: ConfigRecord | None,
+                       evaluate_fn) -> Result:
+        """Rounds ``first_round .. num_rounds``: the body of Flower's ``Strategy.start`` loop
+        (flwr/serverapp/strategy/strategy.py, flwr 1.42) with the same hooks in the same order
+        (``configure_train``, ``send_and_receive``, ``aggregate_train``, ``configure_evaluate``,
+        ``send_and_receive``, ``aggregate_evaluate``, ``evaluate_fn``)."""
+        log(INFO, "Resuming %s strategy at round %d of %d", self.__class__.__name__,
+            first_round, self.num_rounds)
+        self.summary()
+        train_config = ConfigRecord() if train_config is None else train_config
+        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+        result = Result()
+        t_start = time.time()
+        for current_round in range(first_round, self.num_rounds + 1):
+            log(INFO, "")
+            log(INFO, "[ROUND %s/%s]", current_round, self.num_rounds)
+            train_replies = grid.send_and_receive(
+                messages=self.configure_train(current_round, arrays, train_config, grid),
+                timeout=timeout)
+            agg_arrays, agg_train_metrics = self.aggregate_train(current_round, train_replies)
+            if agg_arrays is not None:
+                result.arrays = agg_arrays
+                arrays = agg_arrays
+            if agg_train_metrics is not None:
+                log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_train_metrics)
+                result.train_metrics_clientapp[current_round] = agg_train_metrics
+            evaluate_replies = grid.send_and_receive(
+                messages=self.configure_evaluate(current_round, arrays, evaluate_config, grid),
+                timeout=timeout)
+            agg_evaluate_metrics = self.aggregate_evaluate(current_round, evaluate_replies)
+            if agg_evaluate_metrics is not None:
+                log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_evaluate_metrics)
+                result.evaluate_metrics_clientapp[current_round] = agg_evaluate_metrics
+            if evaluate_fn:
+                res = evaluate_fn(current_round, arrays)
+                if res is not None:
+                    result.evaluate_metrics_serverapp[current_round] = res
+        log(INFO, "Strategy execution finished in %.2fs", time.time() - t_start)
+        return result
 
     def summary(self) -> None:
         log(INFO, "\t├──> fedmm: fraction-train %.3f, eval-every %d, aggregation %s, select %s",
@@ -330,6 +464,7 @@ class FedRecStrategy(FedAvg):
                             "client-bytes": client_bytes,
                             "server-seconds": server_s, "train-seconds": time.perf_counter() - self._t0,
                             **self.round_info()})
+        self._arrays_out = new
         return dict_to_arrays(new), MetricRecord({TRAIN_LOSS: self._round[TRAIN_LOSS],
                                                   NUM_EXAMPLES: int(sum(weights))})
 
@@ -387,4 +522,7 @@ class FedRecStrategy(FedAvg):
         self.history.append(self._round)
         if self.on_round is not None:
             self.on_round(dict(self._round))
+        # The round is complete (its record is written): checkpoint it, before the next one.
+        if self.is_checkpoint_round(server_round) and self._arrays_out is not None:
+            self.save_checkpoint(server_round)
         return result

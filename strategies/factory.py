@@ -20,7 +20,10 @@ def build_strategy(cfg: RunConfig, data: Any, on_round: Callable[[dict], None] |
                   eval_every=cfg.eval_every, select_metric=cfg.select_metric,
                   aggregation=cfg.aggregation, seed=cfg.seed, on_round=on_round,
                   min_available_nodes=data.num_users, node_timeout=cfg.node_timeout,
-                  min_train_replies=cfg.min_train_replies, max_eval_failures=cfg.max_eval_failures)
+                  min_train_replies=cfg.min_train_replies, max_eval_failures=cfg.max_eval_failures,
+                  # checkpoints go to the run directory (none without one)
+                  checkpoint_every=cfg.checkpoint_every if run_dir is not None else 0,
+                  checkpoint_dir=run_dir)
     if cfg.method == "base":
         return FedRecStrategy(**common)
     if cfg.method == "gfmfr":

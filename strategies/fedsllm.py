@@ -289,11 +289,8 @@ class FedSLLM(FedRecStrategy):
             raise ValueError(f"'{self.item_table_key}' has {table.shape[0]} rows but the item table "
                              f"has {len(self.items)} items")
         if self.settings.uses_autoencoder:
-            texts = item_texts(self.items, FEDSLLM_TEXT)
-            x, hit = cached_text_embeddings(texts, self.dataset_key, self._encoder_tag,
-                                            self._encode, self.cache_dir)
+            x, hit = self._text_embeddings()
             text_s = time.perf_counter() - start
-            self._x = torch.as_tensor(x, dtype=torch.float32)
             s = self.settings
             self.autoencoder, history = pretrain_autoencoder(
                 self._x, default_widths(x.shape[1], table.shape[1]), epochs=s.ae_epochs,
@@ -310,6 +307,58 @@ class FedSLLM(FedRecStrategy):
             self._revise(0, arrays[self.item_table_key], counts=None)
         self._summary["pretrain-seconds"] = time.perf_counter() - start
         return arrays
+
+    def _text_embeddings(self) -> tuple[np.ndarray, bool]:
+        """``x_i = F_PLM(a_i)`` of every item (from the disk cache when there), kept as
+        :attr:`_x`; returns ``(x, cache hit)``."""
+        import torch
+
+        texts = item_texts(self.items, FEDSLLM_TEXT)
+        x, hit = cached_text_embeddings(texts, self.dataset_key, self._encoder_tag,
+                                        self._encode, self.cache_dir)
+        self._x = torch.as_tensor(x, dtype=torch.float32)
+        return x, hit
+
+    # ----- checkpoint -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The base state plus FedSLLM's: autoencoder (widths, weights), prototypes in force
+        (manager and backend state), counts summed since the last revision, the summary."""
+        import torch
+
+        ae = self.autoencoder
+        return {**super().state_dict(), "fedsllm": {
+            "autoencoder": None if ae is None else {"widths": list(ae.widths),
+                                                    "weights": ae.state_dict()},
+            "manager": None if self.manager is None else self.manager.state_dict(),
+            "pending": torch.from_numpy(np.asarray(self._pending, dtype=np.int64).copy()),
+            "summary": json.dumps(self._summary),
+        }}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (instead of :meth:`initial_arrays`: the item text
+        embeddings are read again from their cache, the autoencoder is not re-trained)."""
+        from server_tasks.autoencoder import ItemAutoencoder
+
+        super().load_state_dict(state)
+        f = state["fedsllm"]
+        if f["autoencoder"] is not None:
+            self._text_embeddings()
+            self.autoencoder = ItemAutoencoder(f["autoencoder"]["widths"])
+            self.autoencoder.load_state_dict(f["autoencoder"]["weights"])
+            self.autoencoder.eval()
+        if self.manager is not None:
+            self.manager.load_state_dict(f["manager"])
+        self._pending = f["pending"].numpy().copy()
+        self._summary = json.loads(f["summary"])
+
+    def rewind_outputs(self, server_round: int) -> None:
+        """Drop the rounds after ``server_round`` from ``prototypes.jsonl`` and
+        ``prototype-prompts.jsonl``."""
+        if self.run_dir is not None:
+            from fedmm.checkpoint import truncate_jsonl
+
+            for name in ("prototypes.jsonl", "prototype-prompts.jsonl"):
+                truncate_jsonl(self.run_dir / name, server_round)
 
     def train_config(self, server_round: int) -> dict[str, Any]:
         """The sampler settings of every train message (see the module's message contract)."""

@@ -382,6 +382,52 @@ class GFMFR(FedRecStrategy):
                          for k, v in zip(GFMFRConfig.keys(), asdict(self.settings).values())},
         }}
 
+    # ----- checkpoint ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The base state plus GFMFR's server state: fusion module and its Adam state, group
+        tracker (centroids, assignments), each user's group, the groups' averaged scorers and
+        signals, the server scorer copy, lambda schedule state (last lambda, losses), timings."""
+        from fedmm.checkpoint import to_tensors
+
+        t = self.tracker
+        return {**super().state_dict(), "gfmfr": {
+            "fusion": self.fusion.state_dict(), "optimizer": self._opt.state_dict(),
+            "scorer": self._scorer.state_dict(),
+            "centroids": None if t.centroids is None else torch.from_numpy(t.centroids.copy()),
+            "assignments": {int(r): {int(u): int(g) for u, g in a.items()}
+                            for r, a in t.assignments.items()},
+            "group-of-user": {int(u): int(g) for u, g in self._group_of_user.items()},
+            "pbar": {int(l): dict(v) for l, v in self._pbar.items()},
+            "signals": {int(l): to_tensors({k: rec[k].numpy() for k in rec.keys()})
+                        for l, rec in self._signals.items()},
+            "losses": list(self._losses), "lambda": self._lambda, "seconds": list(self._seconds),
+        }}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from fedmm.checkpoint import to_numpy
+
+        super().load_state_dict(state)
+        g = state["gfmfr"]
+        self.fusion.load_state_dict(g["fusion"])
+        self._opt.load_state_dict(g["optimizer"])
+        self._scorer.load_state_dict(g["scorer"])
+        self.tracker.centroids = None if g["centroids"] is None else g["centroids"].numpy().copy()
+        self.tracker.assignments = {int(r): dict(a) for r, a in g["assignments"].items()}
+        self._group_of_user = dict(g["group-of-user"])
+        self._pbar = {int(l): dict(v) for l, v in g["pbar"].items()}
+        self._signals = {int(l): dict_to_arrays(to_numpy(v)) for l, v in g["signals"].items()}
+        rec, dis = g["losses"]
+        self._losses = (rec, dis)
+        self._lambda = g["lambda"]
+        self._seconds = list(g["seconds"])
+
+    def rewind_outputs(self, server_round: int) -> None:
+        """Drop the rounds after ``server_round`` from ``groups.jsonl``."""
+        if self.run_dir is not None:
+            from fedmm.checkpoint import truncate_jsonl
+
+            truncate_jsonl(self.run_dir / "groups.jsonl", server_round)
+
     # ----- helpers ----------------------------------------------------------------------------
     def _parse(self, replies: list[TrainReply]):
         """Per reply: user, weight, item table, clustering vector ``P_u``, scorer state, item

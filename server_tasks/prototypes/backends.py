@@ -106,6 +106,13 @@ class PrototypeGenerator(ABC):
     def propose(self, request: PrototypeRequest) -> PrototypeProposal:
         """Propose prototypes for ``request``; failures are reported in ``proposal.error``."""
 
+    def state_dict(self) -> dict:
+        """State that changes between calls (a resumed run restores it; base: none)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+
 
 class ChatLLM(PrototypeGenerator):
     """A chat LLM backend: builds the initial/update prompt, calls :meth:`complete`, parses.
@@ -266,6 +273,13 @@ class TransformersLLM(ChatLLM):
         self.repetition_penalty = float(repetition_penalty)
         self.system = system
         self._calls = 0
+
+    def state_dict(self) -> dict:
+        """The call counter (call ``n`` samples with seed ``seed + n``)."""
+        return {"calls": int(self._calls)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._calls = int(state.get("calls", 0))
 
     def _resolve(self) -> tuple[str, str | None]:
         if self.model is None:

@@ -128,6 +128,29 @@ class PrototypeManager:
         update or without an embedder)."""
         return None if self._current is None else self._current.vectors
 
+    def state_dict(self) -> dict:
+        """The prototypes in force (names, vectors as a torch tensor, source, round), whether
+        their vectors came from the backend, and the backend's own state (a run resumed from
+        a checkpoint continues with them; torch tensors and plain values only)."""
+        import torch
+
+        cur = self._current
+        return {"current": None if cur is None else {
+                    "names": list(cur.names), "source": cur.source, "round": int(cur.round),
+                    "vectors": None if cur.vectors is None
+                    else torch.from_numpy(np.asarray(cur.vectors).copy())},
+                "backend-vectors": bool(self._backend_vectors),
+                "generator": self.generator.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        cur = state["current"]
+        self._current = None if cur is None else PrototypeSet(
+            list(cur["names"]), None if cur["vectors"] is None else cur["vectors"].numpy().copy(),
+            cur["source"], int(cur["round"]))
+        self._backend_vectors = bool(state["backend-vectors"])
+        self.generator.load_state_dict(state["generator"])
+
     def reembed(self) -> PrototypeSet:
         """Re-embed the current names with ``embed_fn`` (after the embedder changed, e.g. an
         encoder alignment); the names, source and round stay. The manager stays the one owner
