@@ -112,7 +112,7 @@ class GFMFRConfig(ConfigSection):
     hidden: int = 64
     epochs: int = 20
     lr: float = 0.01
-    lambda_: float = 0.1
+    lambda_: float = 0.03
     lambda_schedule: str = "smooth-progressive"
     lambda_beta: float = 0.9
     lambda_ramp: int = 50
