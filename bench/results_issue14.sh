@@ -42,11 +42,12 @@ case $PART in
       run gfmfr-sweep --seeds 0 --config conf/gfmfr-$x.toml -c "$G num-server-rounds=100 run-name='$x'"
     done ;;
   fedsllm)
+    conf() { [ "$1" = fedsllm ] && echo conf/fedsllm-pfedrec.toml || echo "conf/fedsllm-$1.toml"; }
     for smp in base random fedsllm entropy cluster fedselect fale; do
-      run fedsllm --seeds 0 --config conf/fedsllm-$smp.toml -c "eval-every=20 run-name='pfedrec-$smp'"
+      run fedsllm --seeds 0 --config "$(conf $smp)" -c "eval-every=20 run-name='pfedrec-$smp'"
     done
     for s in 1 2; do for smp in base random fedsllm; do
-      run fedsllm --seeds $s --config conf/fedsllm-$smp.toml -c "eval-every=20 run-name='pfedrec-$smp'"
+      run fedsllm --seeds $s --config "$(conf $smp)" -c "eval-every=20 run-name='pfedrec-$smp'"
     done; done ;;
   fedsllm-ml1m)
     run fedsllm-ml1m --seeds 0 --config conf/fedsllm-ml1m.toml -c "num-server-rounds=100 eval-every=20 run-name='fedsllm'"
