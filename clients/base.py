@@ -27,7 +27,7 @@ from flwr.client import NumPyClient
 from fedmm.config import LocalSettings
 from fedmm.data.sampling import eval_negatives, sample_negatives
 from fedmm.data.split import UserData
-from fedmm.device import resolve_device
+from fedmm.device import resolve_device, seed_torch
 from fedmm.metrics import leave_one_out_metrics
 from fedmm.models.base import FedRecModel
 from fedmm.models.optim import GroupedOptimizer, resolve_optimizers
@@ -141,7 +141,7 @@ class FedRecClient(NumPyClient):
         self._round = server_round
         self.model.set_round(server_round)
         rng = self._rng(server_round)
-        torch.manual_seed(int(rng.integers(2**31)))
+        seed_torch(int(rng.integers(2**31)))
         positives = np.asarray(self.training_positives(config), dtype=np.int64)
         s = self.settings
         optim = self.optimizer()

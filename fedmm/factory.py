@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from fedmm.config import RunConfig
+from fedmm.device import seed_torch
 from fedmm.data.split import load_federated
 from fedmm.models import build_model
 from fedmm.models.base import FedRecModel
@@ -23,7 +24,7 @@ def model_for(cfg: RunConfig, num_items: int, user: int | None = None,
     official PFedRec/FedRAP engines copy one model to every user) or by (seed, user)
     (``same-init = false``: private parts drawn per user); ``user=None`` is the server's copy."""
     per_user = user is not None and not cfg.same_init
-    torch.manual_seed(cfg.seed * 1_000_003 + (user if per_user else -1))
+    seed_torch(cfg.seed * 1_000_003 + (user if per_user else -1))
     model = build_model(cfg.backbone, num_items, cfg.embedding_dim)
     if train_items is not None and hasattr(model, "set_neighbors"):
         model.set_neighbors(torch.as_tensor(train_items, dtype=torch.long))

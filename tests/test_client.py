@@ -146,3 +146,18 @@ def test_train_eval_reports_the_freshly_trained_models_ranking():
     # The same figures as evaluating the uploaded parameters with this client's private part.
     assert fresh == c.evaluate(params, {})[2]
     assert fresh != before                                             # the model did train
+
+
+def test_seed_torch_gives_torch_manual_seeds_stream():
+    import torch
+
+    from fedmm.device import seed_torch
+
+    torch.manual_seed(123)
+    a = torch.rand(5)
+    seed_torch(123)
+    assert torch.equal(torch.rand(5), a)
+    seed_torch(-1)                    # the server copy's seed at seed 0 (factory.model_for)
+    b = torch.rand(3)
+    torch.manual_seed(-1)
+    assert torch.equal(torch.rand(3), b)
