@@ -27,11 +27,11 @@ for x in lambda0.01 lambda0.03 kl-all ablation-random ablation-single ablation-m
          lambda-constant lambda-scale-align lambda-smooth lambda-progressive lambda-smooth-progressive-scale-align; do
   [ -s "$S/$x-s0/final.json" ] && ROWS+=(--row "$x=$S/$x-s0")
 done
-table --max-round 100
+table --max-round 100 --reference first
 
 echo "## FedSLLM and the samplers (PFedRec, S = 10 %, 2 local epochs, 200 rounds)"
 for smp in base random fedsllm entropy cluster fedselect fale; do row "$smp" fedsllm "pfedrec-$smp"; done
-table
+table --reference first
 
 echo "## ML-1M, PFedRec, S = 10 %, 100 rounds"
 row "FedSLLM" fedsllm-ml1m fedsllm; row "Random" fedsllm-ml1m random

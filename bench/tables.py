@@ -45,10 +45,12 @@ def reference_finals(finals: list[dict], which: str) -> list[dict] | None:
             for f, r in zip(finals, refs)]
 
 
-def rows(name: str, finals: list[dict], metrics: list[str], scale: float) -> list[str]:
-    """The row of ``finals`` followed by its floor and ceiling rows where present."""
+def rows(name: str, finals: list[dict], metrics: list[str], scale: float,
+         references: bool = True) -> list[str]:
+    """The row of ``finals`` followed by its floor and ceiling rows where present (unless
+    ``references`` is false)."""
     out = [row(name, finals, metrics, scale)]
-    for which in ("mostpop", "centralised"):
+    for which in ("mostpop", "centralised") if references else ():
         ref = reference_finals(finals, which)
         if ref is not None:
             out.append(row(f"{name}: {which}", ref, metrics, scale))
@@ -106,6 +108,9 @@ def main() -> None:
                     help="one row pooling the seeds of these summary files")
     ap.add_argument("--metrics", nargs="+", default=["sampled_hr@10", "sampled_ndcg@10", "full_hr@50", "full_ndcg@50"])
     ap.add_argument("--scale", type=float, default=100.0, help="multiply metrics (default: percent)")
+    ap.add_argument("--reference", choices=("each", "first"), default="each",
+                    help="MostPop/centralised rows after each row (default) or only after the "
+                         "first (rows of one backbone and split share them)")
     ap.add_argument("--max-round", type=int, default=None,
                     help="--row run directories: best validation round among rounds <= this "
                          "(the figures of a shorter run with the same seed)")
@@ -125,7 +130,9 @@ def _lines(args: argparse.Namespace) -> list[str]:
         if not name or not files:
             raise ValueError(f"--row {spec!r}: expected NAME=PATH[,PATH...]")
         finals = [f for p in files.split(",") for f in load(Path(p), args.max_round)]
-        out += rows(name, finals, args.metrics, args.scale)
+        first = len(out) == 2
+        out += rows(name, finals, args.metrics, args.scale,
+                    references=getattr(args, "reference", "each") == "each" or first)
     for d in map(Path, args.dirs):
         for path in (sorted(d.glob("*-summary.json")) if d.is_dir() else [d]):
             out += rows(path.name.removesuffix("-summary.json"), load(path), args.metrics, args.scale)

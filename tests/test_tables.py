@@ -70,6 +70,17 @@ def test_reference_rows_follow_their_run(tmp_path):
     assert lines[0].startswith("| pfedrec | 50.50 ± 0.71 | 2 | 20 |")
     assert lines[1] == "| pfedrec: mostpop | 30.00 ± 0.00 | 2 | - |"
     assert lines[2] == "| pfedrec: centralised | 70.00 ± 0.00 | 2 | 30 |"
+    assert len(tables.rows("x", finals, ["sampled_hr@10"], 100.0, references=False)) == 1
+    # --reference first: the floor and ceiling only under the first row
+    import argparse
+
+    for i, f in enumerate(finals):
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "final.json").write_text(json.dumps(f))
+    ns = argparse.Namespace(metrics=["sampled_hr@10"], scale=100.0, max_round=None, dirs=[],
+                            reference="first", row=[f"a={tmp_path / 'r0'}", f"b={tmp_path / 'r1'}"])
+    assert [line.split(" |")[0] for line in tables._lines(ns)[2:]] == [
+        "| a", "| a: mostpop", "| a: centralised", "| b"]
     del finals[1]["reference"]
     assert len(tables.rows("x", finals, ["sampled_hr@10"], 100.0)) == 1
 
