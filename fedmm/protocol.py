@@ -61,6 +61,10 @@ FRESH_PREFIX = "fresh-"
 ITEM_TABLE_KEY = "item_emb.weight"
 #: Extras key of item-wise aggregation's per-item training counts ``(N,)``.
 ITEM_COUNTS = "item-counts"
+#: Train-reply ArrayRecord of secure aggregation (``secagg = true``): the masked, quantised,
+#: weighted update that replaces ``"arrays"`` (:mod:`fedmm.secagg`; int64 entries ``weight``,
+#: ``item-weights``, ``sum/<extras key>``, ``array/<name>``).
+SECAGG_MASKED = "secagg-masked"
 #: Key of a user's private parameters in the ClientApp's ``context.state`` (never sent).
 PRIVATE_STATE = "fedmm.private"
 
@@ -122,6 +126,8 @@ class TrainReply:
         The ``"extras"`` ArrayRecord (empty when absent).
     bytes_up : int
         Bytes of the reply's records.
+    masked : dict of str to numpy.ndarray
+        Secure aggregation only: the ``secagg-masked`` record (``arrays`` is then empty).
     """
 
     node: int
@@ -131,10 +137,12 @@ class TrainReply:
     metrics: dict[str, float] = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     bytes_up: int = 0
+    masked: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, msg: Message, user: int | None = None) -> "TrainReply":
-        """Parse a successful train reply.
+    def parse(cls, msg: Message, user: int | None = None, secagg: bool = False) -> "TrainReply":
+        """Parse a successful train reply (``secagg``: a masked one, ``"secagg-masked"`` in
+        place of ``"arrays"``).
 
         Raises
         ------
@@ -143,15 +151,18 @@ class TrainReply:
         """
         src = msg.metadata.src_node_id
         content = msg.content
-        if ARRAYS not in content.array_records or METRICS not in content.metric_records:
-            raise ReplyError(f"reply from node {src}: needs records '{ARRAYS}' and '{METRICS}', "
+        shared = SECAGG_MASKED if secagg else ARRAYS
+        if shared not in content.array_records or METRICS not in content.metric_records:
+            raise ReplyError(f"reply from node {src}: needs records '{shared}' and '{METRICS}', "
                              f"got {list(content.keys())}")
         metrics = dict(content[METRICS])
         n = metrics.get(NUM_EXAMPLES)
         if not isinstance(n, (int, float)) or isinstance(n, bool):
             raise ReplyError(f"reply from node {src}: MetricRecord lacks a scalar '{NUM_EXAMPLES}'")
         extras = arrays_to_dict(content[EXTRAS]) if EXTRAS in content.array_records else {}
-        return cls(node=src, user=user, arrays=arrays_to_dict(content[ARRAYS]),
+        return cls(node=src, user=user,
+                   arrays={} if secagg else arrays_to_dict(content[ARRAYS]),
+                   masked=arrays_to_dict(content[SECAGG_MASKED]) if secagg else {},
                    num_examples=float(n),
                    metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
                    extras=extras, bytes_up=record_bytes(content))
