@@ -268,6 +268,7 @@ class RunConfig(ConfigSection):
     secagg_quantization_range: int
     secagg_modulus_range: int
     secagg_max_weight: float
+    secagg_max_count: float
     # local training and evaluation (seed, device, optimisers, negatives, top-K, ...)
     local: LocalSettings
     # evaluation schedule and selection
@@ -339,10 +340,11 @@ class RunConfig(ConfigSection):
                                     "clusters clients by each one's uploaded prediction function "
                                     "P_u and builds each group's targets from its members' own "
                                     "item tables, so it needs every client's upload, not a sum")
-            for key in ("secagg-num-shares", "secagg-threshold", "secagg-max-weight"):
+            for key in ("secagg-num-shares", "secagg-threshold", "secagg-max-weight",
+                        "secagg-max-count"):
                 if getattr(self, key.replace("-", "_")) <= 0:
                     raise bad(key, "must be > 0 (<= 1: a fraction, > 1: a number)"
-                              if key != "secagg-max-weight" else "must be > 0")
+                              if key in ("secagg-num-shares", "secagg-threshold") else "must be > 0")
             try:
                 self.secagg_params.check()
             except ValueError as exc:
@@ -358,7 +360,8 @@ class RunConfig(ConfigSection):
                             clipping_range=self.secagg_clipping_range,
                             quantization_range=self.secagg_quantization_range,
                             modulus_range=self.secagg_modulus_range,
-                            max_weight=self.secagg_max_weight)
+                            max_weight=self.secagg_max_weight,
+                            max_count=self.secagg_max_count)
 
     # ------------------------------------------------------------------------------------
     def metric_names(self, split: str) -> list[str]:

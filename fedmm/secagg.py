@@ -69,6 +69,7 @@ from fedmm.protocol import (ARRAYS, EXTRAS, ITEM_COUNTS, METRICS, NUM_EXAMPLES, 
 
 #: Collect-stage config keys fedmm adds to Flower's (the client must know what to sum).
 AGGREGATION_KEY, ITEM_KEY, SUMS_KEY = "fedmm-aggregation", "fedmm-item-key", "fedmm-sum-extras"
+MAX_COUNT_KEY = "fedmm-max-count"
 #: Entry names of the masked vector (ArrayRecord ``secagg-masked``), in masking order.
 WEIGHT, ITEM_WEIGHTS, SUM_PREFIX, ARRAY_PREFIX = "weight", "item-weights", "sum/", "array/"
 
@@ -85,7 +86,9 @@ class SecAggParams:
     clipping_range: float = 8.0
     quantization_range: int = 2 ** 22
     modulus_range: int = 2 ** 32
-    max_weight: float = 10000.0
+    max_weight: float = 100000.0
+    #: itemwise: the largest per-item count (its rows are weighted by ``count / max_count``).
+    max_count: float = 100.0
 
     def flower_values(self) -> tuple[int | float, int | float]:
         """``(num_shares, reconstruction_threshold)`` typed as Flower reads them (int: a
@@ -106,6 +109,8 @@ class SecAggParams:
         shares, threshold = self.flower_values()
         if self.clipping_range <= 0:
             raise ValueError("`clipping_range` must be greater than 0.")
+        if self.max_count <= 0:
+            raise ValueError("`max_count` must be greater than 0.")
         SecAggPlusWorkflow(shares, threshold, max_weight=self.max_weight,
                            clipping_range=self.clipping_range,
                            quantization_range=int(self.quantization_range),
@@ -142,11 +147,12 @@ def _seeded_quantize(values: np.ndarray, clip: float, target: int, seed: Sequenc
 
 
 def _quantised_weight(w: np.ndarray | float, params: SecAggParams, what: str) -> np.ndarray:
-    ratio = np.asarray(w, dtype=np.float64) / params.max_weight
+    limit, key = ((params.max_count, "secagg-max-count") if what == "an item count"
+                  else (params.max_weight, "secagg-max-weight"))
+    ratio = np.asarray(w, dtype=np.float64) / limit
     if np.any(np.abs(ratio) > 1):
         raise ValueError(f"secure aggregation: {what} {float(np.max(np.abs(w)))} exceeds "
-                         f"secagg-max-weight = {params.max_weight} (the sum could overflow); "
-                         f"raise secagg-max-weight")
+                         f"{key} = {limit} (the sum could overflow); raise {key}")
     return np.rint(ratio * params.quantization_range).astype(np.int64)
 
 
@@ -157,8 +163,9 @@ def encode_update(arrays: Mapping[str, np.ndarray], weight: float, params: SecAg
     """One client's contribution to the secure sum, int64 entries in masking order.
 
     ``weight`` entry: ``q = round(w / max_weight * quantization_range)`` with ``w = weight``
-    (``fedavg``/``itemwise``) or 1 (``mean``); ``item-weights`` (``itemwise``): the same for
-    each row's count; ``sum/<k>``: integer ``sums`` as they are; ``array/<name>``: the array
+    (``fedavg``/``itemwise``) or ``max_weight`` (``mean``: every client the same, the finest
+    quantisation); ``item-weights`` (``itemwise``): the same for each row's count over
+    ``max_count``; ``sum/<k>``: integer ``sums`` as they are; ``array/<name>``: the array
     times its weight ``q / quantization_range`` (per row for the item table under itemwise),
     quantised (Flower's ``quantize``, rounding drawn from ``seed``).
 
@@ -169,7 +176,7 @@ def encode_update(arrays: Mapping[str, np.ndarray], weight: float, params: SecAg
         aggregation without item counts.
     """
     target = int(params.quantization_range)
-    w = 1.0 if aggregation == "mean" else float(weight)
+    w = params.max_weight if aggregation == "mean" else float(weight)
     q = _quantised_weight(w, params, "num-examples")
     out: dict[str, np.ndarray] = {WEIGHT: q.reshape(1)}
     row_q = None
@@ -244,7 +251,7 @@ def _masked_reply(state: SecAggPlusState, configs: ConfigRecord, reply: RecordDi
         raise ValueError(f"secure aggregation: the reply lacks extras {missing} to sum")
     params = SecAggParams(clipping_range=state.clipping_range,
                           quantization_range=state.target_range, modulus_range=state.mod_range,
-                          max_weight=state.max_weight)
+                          max_weight=state.max_weight, max_count=float(configs[MAX_COUNT_KEY]))
     server_round = int(msg.content["config"].get(SERVER_ROUND, 0)) if "config" in msg.content else 0
     seed = (int(ctxt.run_config.get("seed", 0)), server_round, state.nid)
     encoded = encode_update(arrays, float(reply[METRICS][NUM_EXAMPLES]), params,
@@ -444,7 +451,7 @@ class SecAggPlusRound:
             srcs, cts = fwd[nid]
             rec = ConfigRecord({Key.STAGE: Stage.COLLECT_MASKED_VECTORS, Key.SOURCE_LIST: srcs,
                                 Key.CIPHERTEXT_LIST: cts, AGGREGATION_KEY: aggregation,
-                                ITEM_KEY: item_key})
+                                ITEM_KEY: item_key, MAX_COUNT_KEY: float(self.params.max_count)})
             if sum_extras:
                 rec[SUMS_KEY] = [str(s) for s in sum_extras]
             self.bytes += content_bytes(RecordDict({RECORD_KEY_CONFIGS: rec}))
