@@ -194,10 +194,11 @@ def secagg_views(cfg, uploads, server_round: int = 1) -> dict[int, dict[str, np.
     """What the server holds of each user's upload under SecAgg+: the users' ``(arrays,
     num-examples)`` go through stages 1-3 of a real SecAgg+ round among them (fedmm's ClientApp
     mod on each upload, :class:`fedmm.secagg.SecAggPlusRound` on the server), and each masked
-    vector is read back as arrays the way an unmasked one would be: dequantised and divided by
-    the user's weight ``num-examples / secagg-max-weight`` (which the server knows)."""
+    vector is read back as arrays the way an unmasked one would be: dequantised (as a residue
+    centred on the quantised zero) and divided by the user's weight ``num-examples /
+    secagg-max-weight`` (which the server knows); without the masks this gives the upload
+    back up to quantisation."""
     from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
-    from flwr.common.secure_aggregation.quantization import dequantize
 
     from fedmm.inprocess import set_identity
     from fedmm.protocol import (ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SECAGG_MASKED,
@@ -223,14 +224,18 @@ def secagg_views(cfg, uploads, server_round: int = 1) -> dict[int, dict[str, np.
     train = [Message(RecordDict({CONFIG: ConfigRecord({SERVER_ROUND: server_round})}),
                      dst_node_id=n, message_type=MessageType.TRAIN) for n in user_of]
     replies = Grid().send_and_receive(sa.prepare(train, aggregation="fedavg", item_key=""))
+    M, step = p.modulus_range, 2 * p.clipping_range / p.quantization_range
     views = {}
     for r in replies:
         u = user_of[r.metadata.src_node_id]
         masked = arrays_to_dict(r.content[SECAGG_MASKED])
         ratio = uploads[u][1] / p.max_weight
-        views[u] = {k[len(ARRAY_PREFIX):]: dequantize([v], p.clipping_range,
-                                                      p.quantization_range)[0] / ratio
-                    for k, v in masked.items() if k.startswith(ARRAY_PREFIX)}
+        views[u] = {}
+        for k, v in masked.items():
+            if k.startswith(ARRAY_PREFIX):
+                # Centred residue around the quantised zero: exactly the upload if unmasked.
+                c = (v.astype(np.int64) - p.quantization_range // 2) % M
+                views[u][k[len(ARRAY_PREFIX):]] = np.where(c >= M // 2, c - M, c) * step / ratio
     return views
 
 
