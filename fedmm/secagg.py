@@ -81,7 +81,7 @@ class SecAggParams:
     ``num_shares`` / ``reconstruction_threshold``: a value ``<= 1`` is a fraction (of the
     sampled clients / of ``num_shares``), a value ``> 1`` a number."""
 
-    num_shares: float = 1.0
+    num_shares: float = 7.0
     reconstruction_threshold: float = 0.5
     clipping_range: float = 8.0
     quantization_range: int = 2 ** 22
