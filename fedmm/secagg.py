@@ -259,8 +259,10 @@ def _masked_reply(state: SecAggPlusState, configs: ConfigRecord, reply: RecordDi
                             item_counts=extras.get(ITEM_COUNTS),
                             sums={k: extras[k] for k in sum_keys}, seed=seed)
     masked = mask_vector(state, configs, list(encoded.values()))
+    # Residues mod 2**32 fit in 4 bytes: the upload is then as large as a float32 one.
+    dtype = np.uint32 if state.mod_range <= 2 ** 32 else np.int64
     out = RecordDict({METRICS: reply[METRICS],
-                      SECAGG_MASKED: ArrayRecord({k: Array(np.ascontiguousarray(v))
+                      SECAGG_MASKED: ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=dtype))
                                                   for k, v in zip(encoded, masked)})})
     clear = {k: v for k, v in extras.items()
              if k not in sum_keys and not (aggregation == "itemwise" and k == ITEM_COUNTS)}
