@@ -31,6 +31,13 @@ message: config ``fedsllm-sampler``, ``fedsllm-fraction``, ``fedsllm-eps`` (and
 ``"fedsllm"`` with ``prototypes`` ``(P, d)`` and ``similarity`` ``(N, P)``. FedSLLM train
 reply: extras ``prototype-counts`` ``(P,)`` int64.
 
+Secure aggregation (``secagg = true``, :mod:`fedmm.secagg`): each training round first sends two
+train messages per sampled node with only a ConfigRecord ``"secaggplus_configs"`` (Flower's
+SecAgg+ setup and share-keys stages), then the train message above plus that record (forwarded
+key shares), then one more (unmask). The train reply then carries ``"secagg-masked"``
+(:data:`SECAGG_MASKED`) instead of ``"arrays"``, and ``"extras"`` without the securely summed
+entries (``item-counts``, FedSLLM's ``prototype-counts``); ``"metrics"`` as above.
+
 The user of a train reply is NOT read from the reply: the strategy knows it from the query
 round (node id -> user), so train replies carry no partition id.
 """
