@@ -24,6 +24,13 @@ them (:func:`fedmm.factory.build_client`, ``FedRecClient.fit``; ``pad-items`` an
 applied inside ``fit``), for round 1 from the initial global weights (``same-init``: the
 server's copy), i.e. the first upload of each user.
 
+Setting ``secagg`` (``secagg = true``): the attacked users' uploads go through a real SecAgg+
+exchange among them (fedmm/secagg.py: the ClientApp mod and the server's round, stages 1-3),
+and the attack gets what the server holds of each user: its masked vector, read back as an
+item table with the user's weight from the clear ``num-examples`` (:func:`secagg_views`). The
+server's only other view of the table is the round's sum (after stage 4), which is no single
+user's upload.
+
     nice -n 10 python bench/privacy_attack.py --users 100 --out bench/results/privacy_attack.jsonl
 
 Prints a table and writes one JSON line per (backbone, setting).
@@ -50,6 +57,7 @@ DEFAULT_SETTINGS = {
     "ldp-1": "ldp-delta=1.0",
     "pad-100": "pad-items=100",
     "pad-1000": "pad-items=1000",
+    "secagg": "secagg=true",
 }
 BACKBONES = ("fedmf", "fedncf", "pfedrec", "fedrap", "fedpergnn")
 METRICS = ("precision", "recall", "precision_at_n", "changed_recall", "changed_precision",
@@ -166,14 +174,69 @@ def attack_users(cfg, users, server_round: int = 1) -> list[dict[str, float]]:
     keys = server.shared_keys()
     sent = [state[k].detach().cpu().numpy().copy() for k in keys]
     t = keys.index(ITEM_TABLE_KEY)
-    out = []
+    uploads, positives = {}, {}
     for u in users:
         client = build_client(cfg, int(u))
-        uploaded, _, _ = client.fit(sent, {"server-round": server_round,
+        uploaded, n, _ = client.fit(sent, {"server-round": server_round,
                                            "aggregation": cfg.aggregation})
-        row = score_guess(pca_sign_attack(sent[t], uploaded[t]), client.data.train, data.num_items)
-        out.append({"user": int(u), **row})
-    return out
+        uploads[int(u)] = (dict(zip(keys, uploaded)), n)
+        positives[int(u)] = client.data.train
+    if cfg.secagg:
+        views = secagg_views(cfg, uploads, server_round)
+        seen = {u: views[u][ITEM_TABLE_KEY] for u in uploads}
+    else:
+        seen = {u: uploads[u][0][ITEM_TABLE_KEY] for u in uploads}
+    return [{"user": u, **score_guess(pca_sign_attack(sent[t], seen[u]), positives[u], data.num_items)}
+            for u in uploads]
+
+
+def secagg_views(cfg, uploads, server_round: int = 1) -> dict[int, dict[str, np.ndarray]]:
+    """What the server holds of each user's upload under SecAgg+: the users' ``(arrays,
+    num-examples)`` go through stages 1-3 of a real SecAgg+ round among them (fedmm's ClientApp
+    mod on each upload, :class:`fedmm.secagg.SecAggPlusRound` on the server), and each masked
+    vector is read back as arrays the way an unmasked one would be: dequantised (as a residue
+    centred on the quantised zero) and divided by the user's weight ``num-examples /
+    secagg-max-weight`` (which the server knows); without the masks this gives the upload
+    back up to quantisation."""
+    from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+
+    from fedmm.inprocess import set_identity
+    from fedmm.protocol import (ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SECAGG_MASKED,
+                                SERVER_ROUND, arrays_to_dict, dict_to_arrays)
+    from fedmm.secagg import ARRAY_PREFIX, SecAggPlusRound, secagg_mod
+
+    set_identity()
+    p = cfg.secagg_params
+    user_of = {i + 1: u for i, u in enumerate(sorted(uploads))}
+    contexts = {n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(),
+                           run_config={"seed": cfg.seed}) for n in user_of}
+
+    def fit(msg, ctx):  # the ClientApp's train reply: the upload computed above
+        arrays, n = uploads[user_of[ctx.node_id]]
+        return Message(RecordDict({ARRAYS: dict_to_arrays(arrays),
+                                   METRICS: MetricRecord({NUM_EXAMPLES: int(n)})}), reply_to=msg)
+
+    class Grid:
+        def send_and_receive(self, messages, timeout=None):
+            return [secagg_mod(m, contexts[m.metadata.dst_node_id], fit) for m in messages]
+
+    sa = SecAggPlusRound(p, Grid(), server_round, seed=cfg.seed)
+    train = [Message(RecordDict({CONFIG: ConfigRecord({SERVER_ROUND: server_round})}),
+                     dst_node_id=n, message_type=MessageType.TRAIN) for n in user_of]
+    replies = Grid().send_and_receive(sa.prepare(train, aggregation="fedavg", item_key=""))
+    M, step = p.modulus_range, 2 * p.clipping_range / p.quantization_range
+    views = {}
+    for r in replies:
+        u = user_of[r.metadata.src_node_id]
+        masked = arrays_to_dict(r.content[SECAGG_MASKED])
+        ratio = uploads[u][1] / p.max_weight
+        views[u] = {}
+        for k, v in masked.items():
+            if k.startswith(ARRAY_PREFIX):
+                # Centred residue around the quantised zero: exactly the upload if unmasked.
+                c = (v.astype(np.int64) - p.quantization_range // 2) % M
+                views[u][k[len(ARRAY_PREFIX):]] = np.where(c >= M // 2, c - M, c) * step / ratio
+    return views
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, float]:

@@ -24,6 +24,7 @@ from flwr.clientapp import ClientApp
 from fedmm.checkpoint import ClientStateStore
 from fedmm.config import RunConfig
 from fedmm.factory import build_client
+from fedmm.secagg import secagg_mod
 from fedmm.protocol import (ARRAYS, CONFIG, EVAL_LOSS, EXTRAS, METRICS, NUM_EXAMPLES, PRIVATE_STATE,
                             SERVER_ROUND, USER, arrays_to_dict, dict_to_arrays)
 
@@ -111,7 +112,7 @@ def _save_private(cfg: RunConfig, context: Context, private: dict, config: dict)
     context.state[STATE_ROUND] = ConfigRecord({"round": int(config.get(SERVER_ROUND, 0))})
 
 
-@app.train()
+@app.train(mods=[secagg_mod])   # passes everything but SecAgg+ messages through unchanged
 def train(msg: Message, context: Context) -> Message:
     client, names, params, config, cfg = _setup(msg, context)
     new_params, num_examples, metrics = client.fit(params, config)

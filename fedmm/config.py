@@ -260,6 +260,15 @@ class RunConfig(ConfigSection):
     max_eval_failures: float
     round_timeout: float
     node_timeout: float
+    # secure aggregation (SecAgg+, fedmm/secagg.py)
+    secagg: bool
+    secagg_num_shares: float
+    secagg_threshold: float
+    secagg_clipping_range: float
+    secagg_quantization_range: int
+    secagg_modulus_range: int
+    secagg_max_weight: float
+    secagg_max_count: float
     # local training and evaluation (seed, device, optimisers, negatives, top-K, ...)
     local: LocalSettings
     # evaluation schedule and selection
@@ -325,6 +334,34 @@ class RunConfig(ConfigSection):
                                       "out-dir it continues); use run.py --resume <run-dir>")
         if any(c in self.run_name for c in "/\\") or self.run_name in (".", ".."):
             raise bad("run-name", "must be a plain directory name (no path separators)")
+        if self.secagg:
+            if self.method == "gfmfr":
+                raise bad("secagg", "GFMFR cannot run under secure aggregation: its server "
+                                    "clusters clients by each one's uploaded prediction function "
+                                    "P_u and builds each group's targets from its members' own "
+                                    "item tables, so it needs every client's upload, not a sum")
+            for key in ("secagg-num-shares", "secagg-threshold", "secagg-max-weight",
+                        "secagg-max-count"):
+                if getattr(self, key.replace("-", "_")) <= 0:
+                    raise bad(key, "must be > 0 (<= 1: a fraction, > 1: a number)"
+                              if key in ("secagg-num-shares", "secagg-threshold") else "must be > 0")
+            try:
+                self.secagg_params.check()
+            except ValueError as exc:
+                raise ConfigError(f"secure aggregation (secagg-* keys): {exc}") from None
+
+    @property
+    def secagg_params(self):
+        """The :class:`fedmm.secagg.SecAggParams` of the ``secagg-*`` keys."""
+        from fedmm.secagg import SecAggParams
+
+        return SecAggParams(num_shares=self.secagg_num_shares,
+                            reconstruction_threshold=self.secagg_threshold,
+                            clipping_range=self.secagg_clipping_range,
+                            quantization_range=self.secagg_quantization_range,
+                            modulus_range=self.secagg_modulus_range,
+                            max_weight=self.secagg_max_weight,
+                            max_count=self.secagg_max_count)
 
     # ------------------------------------------------------------------------------------
     def metric_names(self, split: str) -> list[str]:

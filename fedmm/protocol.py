@@ -31,6 +31,13 @@ message: config ``fedsllm-sampler``, ``fedsllm-fraction``, ``fedsllm-eps`` (and
 ``"fedsllm"`` with ``prototypes`` ``(P, d)`` and ``similarity`` ``(N, P)``. FedSLLM train
 reply: extras ``prototype-counts`` ``(P,)`` int64.
 
+Secure aggregation (``secagg = true``, :mod:`fedmm.secagg`): each training round first sends two
+train messages per sampled node with only a ConfigRecord ``"secaggplus_configs"`` (Flower's
+SecAgg+ setup and share-keys stages), then the train message above plus that record (forwarded
+key shares), then one more (unmask). The train reply then carries ``"secagg-masked"``
+(:data:`SECAGG_MASKED`) instead of ``"arrays"``, and ``"extras"`` without the securely summed
+entries (``item-counts``, FedSLLM's ``prototype-counts``); ``"metrics"`` as above.
+
 The user of a train reply is NOT read from the reply: the strategy knows it from the query
 round (node id -> user), so train replies carry no partition id.
 """
@@ -61,6 +68,10 @@ FRESH_PREFIX = "fresh-"
 ITEM_TABLE_KEY = "item_emb.weight"
 #: Extras key of item-wise aggregation's per-item training counts ``(N,)``.
 ITEM_COUNTS = "item-counts"
+#: Train-reply ArrayRecord of secure aggregation (``secagg = true``): the masked, quantised,
+#: weighted update that replaces ``"arrays"`` (:mod:`fedmm.secagg`; int64 entries ``weight``,
+#: ``item-weights``, ``sum/<extras key>``, ``array/<name>``).
+SECAGG_MASKED = "secagg-masked"
 #: Key of a user's private parameters in the ClientApp's ``context.state`` (never sent).
 PRIVATE_STATE = "fedmm.private"
 
@@ -122,6 +133,8 @@ class TrainReply:
         The ``"extras"`` ArrayRecord (empty when absent).
     bytes_up : int
         Bytes of the reply's records.
+    masked : dict of str to numpy.ndarray
+        Secure aggregation only: the ``secagg-masked`` record (``arrays`` is then empty).
     """
 
     node: int
@@ -131,10 +144,12 @@ class TrainReply:
     metrics: dict[str, float] = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     bytes_up: int = 0
+    masked: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, msg: Message, user: int | None = None) -> "TrainReply":
-        """Parse a successful train reply.
+    def parse(cls, msg: Message, user: int | None = None, secagg: bool = False) -> "TrainReply":
+        """Parse a successful train reply (``secagg``: a masked one, ``"secagg-masked"`` in
+        place of ``"arrays"``).
 
         Raises
         ------
@@ -143,15 +158,18 @@ class TrainReply:
         """
         src = msg.metadata.src_node_id
         content = msg.content
-        if ARRAYS not in content.array_records or METRICS not in content.metric_records:
-            raise ReplyError(f"reply from node {src}: needs records '{ARRAYS}' and '{METRICS}', "
+        shared = SECAGG_MASKED if secagg else ARRAYS
+        if shared not in content.array_records or METRICS not in content.metric_records:
+            raise ReplyError(f"reply from node {src}: needs records '{shared}' and '{METRICS}', "
                              f"got {list(content.keys())}")
         metrics = dict(content[METRICS])
         n = metrics.get(NUM_EXAMPLES)
         if not isinstance(n, (int, float)) or isinstance(n, bool):
             raise ReplyError(f"reply from node {src}: MetricRecord lacks a scalar '{NUM_EXAMPLES}'")
         extras = arrays_to_dict(content[EXTRAS]) if EXTRAS in content.array_records else {}
-        return cls(node=src, user=user, arrays=arrays_to_dict(content[ARRAYS]),
+        return cls(node=src, user=user,
+                   arrays={} if secagg else arrays_to_dict(content[ARRAYS]),
+                   masked=arrays_to_dict(content[SECAGG_MASKED]) if secagg else {},
                    num_examples=float(n),
                    metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
                    extras=extras, bytes_up=record_bytes(content))

@@ -46,6 +46,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from fedmm import checkpoint as ckpt
+from fedmm.secagg import SecAggParams, SecAggPlusRound
 
 from fedmm.protocol import (AGGREGATION, ARRAYS, CONFIG, ITEM_COUNTS, ITEM_TABLE_KEY, METRICS,
                             FRESH_PREFIX, NUM_EXAMPLES, QUERY, SERVER_ROUND, TRAIN_LOSS, USER,
@@ -99,6 +100,13 @@ class FedRecStrategy(FedAvg):
     checkpoint_dir : path, optional
         The run directory the checkpoint goes to (``<dir>/checkpoint/``); needed when
         ``checkpoint_every > 0``.
+    secagg : fedmm.secagg.SecAggParams, optional
+        Secure aggregation (SecAgg+, :mod:`fedmm.secagg`): each training round runs the
+        protocol's four stages and the server sees only the sums of the shared arrays (and of
+        the weights, item counts and :meth:`secagg_sum_extras`); the per-reply ``arrays`` are
+        never seen. Clients that fail after sharing keys count as failed replies
+        (``min-train-replies`` as without it); the round also needs the reconstruction
+        threshold of clients left, else it fails the run.
     """
 
     def __init__(self, *, fraction_train: float = 0.1, eval_every: int = 10,
@@ -107,7 +115,8 @@ class FedRecStrategy(FedAvg):
                  min_available_nodes: int = 1, item_table_key: str = ITEM_TABLE_KEY,
                  node_timeout: float = 300.0, min_train_replies: int = 1,
                  max_eval_failures: float = 0.0, num_rounds: int | None = None,
-                 checkpoint_every: int = 0, checkpoint_dir: str | Path | None = None) -> None:
+                 checkpoint_every: int = 0, checkpoint_dir: str | Path | None = None,
+                 secagg: SecAggParams | None = None) -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=1.0, min_train_nodes=1,
                          min_evaluate_nodes=1, min_available_nodes=min_available_nodes)
         if aggregation not in ("fedavg", "mean", "itemwise"):
@@ -121,6 +130,12 @@ class FedRecStrategy(FedAvg):
             raise ValueError(f"checkpoint_every must be >= 0 and needs a checkpoint_dir, got "
                              f"{checkpoint_every} and {checkpoint_dir}")
         self.checkpoint_every = int(checkpoint_every)
+        self.secagg = secagg
+        self._secagg_round: SecAggPlusRound | None = None
+        #: Secure aggregation: this round's summed extras (:meth:`secagg_sum_extras`).
+        self.secagg_sums: dict[str, np.ndarray] = {}
+        self._seed = int(seed)
+        self._timeout: float | None = None
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.resumed_from: list[int] = []        # checkpoint rounds this run was resumed from
         self._arrays_out: dict[str, np.ndarray] | None = None   # global arrays after the round
@@ -164,6 +179,12 @@ class FedRecStrategy(FedAvg):
     def round_info(self) -> dict[str, Any]:
         """Extra fields for this round's record (base: none)."""
         return {}
+
+    def secagg_sum_extras(self) -> tuple[str, ...]:
+        """Under secure aggregation, the integer ``"extras"`` the method needs only summed
+        over the round's clients: they are summed securely and handed to
+        :meth:`server_update` in :attr:`secagg_sums` instead of per reply (base: none)."""
+        return ()
 
     def initial_arrays(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Server-side pre-training before round 1 may replace the initial shared arrays
@@ -327,6 +348,7 @@ class FedRecStrategy(FedAvg):
         num_rounds`` only, ``initial_arrays`` being the global arrays after round
         ``first_round - 1`` (:meth:`_resume_rounds`, the same loop)."""
         self.num_rounds = int(num_rounds)
+        self._timeout = timeout
         self.user_of = self.discover_users(grid, timeout)
         self._started = True
         if first_round > 1:
@@ -400,6 +422,15 @@ class FedRecStrategy(FedAvg):
             messages.append(Message(content=content, dst_node_id=nid, message_type=MessageType.TRAIN))
         self._round.update({"clients": len(sampled), "nodes": len(nodes),
                             "bytes-down-per-client": sum(self._down.values()) / max(len(sampled), 1)})
+        if self.secagg is not None:
+            # Stages 1-2 of SecAgg+ now; the train messages become stage 3 (only to the
+            # clients that shared their keys; the others count as failed replies).
+            self._secagg_round = SecAggPlusRound(self.secagg, grid, server_round, seed=self._seed,
+                                                 timeout=self._timeout,
+                                                 min_replies=self.min_train_replies)
+            messages = self._secagg_round.prepare(messages, aggregation=self.aggregation,
+                                                  item_key=self.item_table_key,
+                                                  sum_extras=self.secagg_sum_extras())
         return messages
 
     def parse_replies(self, server_round: int, replies: Iterable[Message]) -> list[TrainReply]:
@@ -430,20 +461,26 @@ class FedRecStrategy(FedAvg):
         self._round["failures"] = len(lost)
         if lost:
             self._round["failed-users"] = [self.user_of.get(n, -1) for n in lost]
-        parsed = [TrainReply.parse(m, self.user_of.get(m.metadata.src_node_id)) for m in ok]
+        secagg = self.secagg is not None
+        parsed = [TrainReply.parse(m, self.user_of.get(m.metadata.src_node_id), secagg=secagg)
+                  for m in ok]
         assert self._global is not None
-        check_reply_arrays([r.arrays for r in parsed], self._global, [r.node for r in parsed])
+        if not secagg:  # (under SecAgg+ the clients check their arrays: fedmm.secagg)
+            check_reply_arrays([r.arrays for r in parsed], self._global, [r.node for r in parsed])
         return parsed
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         parsed = self.parse_replies(server_round, replies)
         assert self._global is not None
-        states = [r.arrays for r in parsed]
         weights = [r.num_examples for r in parsed]
-        # "mean": every client counts once (the official PFedRec server's plain mean).
-        new = weighted_average(states, [1.0] * len(states) if self.aggregation == "mean" else weights)
-        if self.aggregation == "itemwise":
+        if self.secagg is not None:
+            new = self._secure_average(parsed)
+        else:
+            states = [r.arrays for r in parsed]
+            # "mean": every client counts once (the official PFedRec server's plain mean).
+            new = weighted_average(states, [1.0] * len(states) if self.aggregation == "mean" else weights)
+        if self.aggregation == "itemwise" and self.secagg is None:
             key = self.item_table_key
             counts = [r.extra(ITEM_COUNTS, "aggregation 'itemwise'") for r in parsed]
             new[key] = itemwise_average([s[key] for s in states], counts, self._global[key])
@@ -467,6 +504,19 @@ class FedRecStrategy(FedAvg):
         self._arrays_out = new
         return dict_to_arrays(new), MetricRecord({TRAIN_LOSS: self._round[TRAIN_LOSS],
                                                   NUM_EXAMPLES: int(sum(weights))})
+
+    def _secure_average(self, parsed: list[TrainReply]) -> dict[str, np.ndarray]:
+        """SecAgg+ stage 4 and the averages from the sums (the same weighting as without it);
+        the summed extras go to :attr:`secagg_sums`."""
+        assert self._secagg_round is not None and self._global is not None
+        sa = self._secagg_round
+        sums = sa.unmask({r.node: r.masked for r in parsed})
+        new, self.secagg_sums = sa.decode(sums, self._global, self.item_table_key)
+        self._round.update({"secagg-seconds": sa.seconds, "secagg-bytes": sa.bytes,
+                            "secagg-threshold": sa.threshold, "secagg-shares": sa.num_shares,
+                            "secagg-dropped": {k: [self.user_of.get(n, -1) for n in v]
+                                               for k, v in sa.dropped.items() if v}})
+        return new
 
     # ----- evaluate ---------------------------------------------------------------------------
     def is_eval_round(self, server_round: int) -> bool:

@@ -23,7 +23,8 @@ def build_strategy(cfg: RunConfig, data: Any, on_round: Callable[[dict], None] |
                   min_train_replies=cfg.min_train_replies, max_eval_failures=cfg.max_eval_failures,
                   # checkpoints go to the run directory (none without one)
                   checkpoint_every=cfg.checkpoint_every if run_dir is not None else 0,
-                  checkpoint_dir=run_dir)
+                  checkpoint_dir=run_dir,
+                  secagg=cfg.secagg_params if cfg.secagg else None)
     if cfg.method == "base":
         return FedRecStrategy(**common)
     if cfg.method == "gfmfr":

@@ -71,7 +71,8 @@ from flwr.common.logger import log
 from clients.selection import PROTOTYPE_METHODS, SAMPLERS, SCORE_FORMS
 from fedmm.config import ConfigSection, RunConfig
 from fedmm.protocol import (EPS_CFG, FEDSLLM_PAYLOAD, FRACTION_CFG, PROTOTYPE_COUNTS, PROTOTYPES,
-                            SAMPLER_CFG, SCORE_CFG, SIMILARITY, TrainReply, dict_to_arrays)
+                            ReplyError, SAMPLER_CFG, SCORE_CFG, SIMILARITY, TrainReply,
+                            dict_to_arrays)
 from server_tasks.item_text import FEDSLLM_TEXT, item_texts
 from server_tasks.modality_cache import cached_text_embeddings
 from server_tasks.prototypes.backends import LLMSpec, make_generator, parse_llm_spec
@@ -390,10 +391,16 @@ class FedSLLM(FedRecStrategy):
                       **selection_overlap(metrics)}
         if not self.settings.uses_prototypes:
             return arrays
-        sources = [r.node for r in replies]
-        counts = [r.extra(PROTOTYPE_COUNTS, f"sampler '{self.settings.sampler}' ((P,) int64)")
-                  for r in replies]
-        summed = sum_prototype_counts(counts, len(self.names), sources, key=PROTOTYPE_COUNTS)
+        if self.secagg is not None:  # summed by SecAgg+ (secagg_sum_extras)
+            summed = np.asarray(self.secagg_sums[PROTOTYPE_COUNTS], dtype=np.int64)
+            if summed.shape != (len(self.names),):
+                raise ReplyError(f"securely summed {PROTOTYPE_COUNTS} have shape {summed.shape}, "
+                                 f"expected ({len(self.names)},)")
+        else:
+            sources = [r.node for r in replies]
+            counts = [r.extra(PROTOTYPE_COUNTS, f"sampler '{self.settings.sampler}' ((P,) int64)")
+                      for r in replies]
+            summed = sum_prototype_counts(counts, len(self.names), sources, key=PROTOTYPE_COUNTS)
         self._pending = self._pending + summed
         self._info.update({"num-prototypes": len(self.names),
                            "prototype-counts": summed.tolist()})
@@ -412,6 +419,10 @@ class FedSLLM(FedRecStrategy):
         elif aligned:
             self.manager.reembed()
         return arrays
+
+    def secagg_sum_extras(self) -> tuple[str, ...]:
+        """The prototype counts are only summed: under SecAgg+ they go through it."""
+        return (PROTOTYPE_COUNTS,) if self.settings.uses_prototypes else ()
 
     def round_info(self) -> dict[str, Any]:
         return dict(self._info)

@@ -206,6 +206,11 @@ class GFMFR(FedRecStrategy):
                  run_dir: Path | None = None, device: str = "cpu",
                  modality_notes: Mapping[str, str] | None = None, encode_seconds: float = 0.0,
                  **kwargs: Any) -> None:
+        if kwargs.get("secagg") is not None:
+            # (RunConfig refuses secagg = true with method = "gfmfr" with the same reason)
+            raise ValueError("GFMFR cannot run under secure aggregation: its server clusters "
+                             "clients by each one's uploaded prediction function P_u and builds "
+                             "each group's targets from its members' own item tables")
         super().__init__(**kwargs)
         seed = int(kwargs.get("seed", 0))
         self.settings = settings
