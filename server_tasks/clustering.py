@@ -84,15 +84,15 @@ def merge_small_groups(P: np.ndarray, labels: np.ndarray, min_size: int) -> np.n
         small = ids[sizes < min_size]
         if small.size == 0 or ids.size == 1:
             break
-        big = ids[sizes >= min_size]
-        if big.size == 0:
-            big = ids[[int(np.argmax(sizes))]]
         # the smallest small cluster (lowest label on ties) moves to its nearest big one
-        l = int(small[np.argmin(sizes[np.isin(ids, small)])])
+        l = int(small[np.argmin(sizes[sizes < min_size])])
+        targets = ids[(sizes >= min_size) & (ids != l)]
+        if targets.size == 0:  # none is big: into the largest of the others
+            others = ids != l
+            targets = ids[others][[int(np.argmax(sizes[others]))]]
         c = P[labels == l].mean(0)
-        d = [float(((P[labels == b].mean(0) - c) ** 2).sum()) for b in big if b != l]
-        targets = [b for b in big if b != l]
-        labels[labels == l] = targets[int(np.argmin(d))]
+        d = [float(((P[labels == b].mean(0) - c) ** 2).sum()) for b in targets]
+        labels[labels == l] = int(targets[int(np.argmin(d))])
     _, labels = np.unique(labels, return_inverse=True)
     return labels.astype(np.int64)
 

@@ -269,6 +269,9 @@ def test_min_group_size_merges_singletons_into_the_nearest_group():
     assert merged.tolist() == [0, 0, 0, 1, 1, 1, 1, 1]   # 4.0 -> group near 5; then 9.0 too
     assert merge_small_groups(P, labels, 1).tolist() == labels.tolist()
     assert merge_small_groups(P, labels, 10).tolist() == [0] * 8   # none big: all into the largest
+    # equal sizes, none big (the smallest is then also the largest): still merged, no error
+    assert merge_small_groups(np.array([[0.0], [1.0]]), np.array([0, 1]), 2).tolist() == [0, 0]
+    assert merge_small_groups(np.array([[0.0], [1.0], [5.0]]), np.array([0, 1, 2]), 3).tolist() == [0, 0, 0]
     # Through the clustering: a lone far client no longer forms its own group.
     rng = np.random.default_rng(1)
     Q = np.concatenate([rng.normal(0, 0.1, (30, 3)), rng.normal(3, 0.1, (30, 3)), [[50, 50, 50]]])
