@@ -81,8 +81,10 @@ def _setup(msg: Message, context: Context):
     cfg = _config(context)
     _first_message(cfg, context)
     client = build_client(cfg, _user(context))
-    if PRIVATE_STATE in context.state.array_records:
-        client.load_private_state(arrays_to_dict(context.state[PRIVATE_STATE]))
+    previous = (arrays_to_dict(context.state[PRIVATE_STATE])
+                if PRIVATE_STATE in context.state.array_records else None)
+    if previous is not None:   # copied into the model: the arrays stay as they were
+        client.load_private_state(previous)
     arrays = msg.content[ARRAYS]
     names = list(arrays.keys())
     if names != client.shared_keys:
@@ -93,20 +95,20 @@ def _setup(msg: Message, context: Context):
     payload = {name: arrays_to_dict(rec)
                for name, rec in msg.content.array_records.items() if name != ARRAYS}
     client.receive(payload, config)
-    return client, names, params, config, cfg
+    return client, names, params, config, cfg, previous
 
 
-def _save_private(cfg: RunConfig, context: Context, private: dict, config: dict) -> None:
+def _save_private(cfg: RunConfig, context: Context, private: dict, config: dict,
+                  previous: dict | None) -> None:
     """Keep the trained private state in ``context.state`` and, with ``client-state-dir``,
-    on disk (tagged with the server round)."""
+    on disk (tagged with the server round); ``previous`` is the state the node held before this
+    round (as :func:`_setup` read it from ``context.state``)."""
     store = _store(cfg, _user(context))
     if store is not None:
         if SERVER_ROUND not in config:
             raise ValueError(f"client-state-dir is set but the train config has no "
                              f"'{SERVER_ROUND}': saved states could not be matched to checkpoints")
         before = int(context.state[STATE_ROUND]["round"])
-        previous = (arrays_to_dict(context.state[PRIVATE_STATE])
-                    if PRIVATE_STATE in context.state.array_records else None)
         store.save(int(config[SERVER_ROUND]), private, before, previous)
     context.state[PRIVATE_STATE] = dict_to_arrays(private)
     context.state[STATE_ROUND] = ConfigRecord({"round": int(config.get(SERVER_ROUND, 0))})
@@ -114,9 +116,9 @@ def _save_private(cfg: RunConfig, context: Context, private: dict, config: dict)
 
 @app.train(mods=[secagg_mod])   # passes everything but SecAgg+ messages through unchanged
 def train(msg: Message, context: Context) -> Message:
-    client, names, params, config, cfg = _setup(msg, context)
+    client, names, params, config, cfg, previous = _setup(msg, context)
     new_params, num_examples, metrics = client.fit(params, config)
-    _save_private(cfg, context, client.private_state(), config)
+    _save_private(cfg, context, client.private_state(), config, previous)
     # No user / partition id in the reply: the strategy knows it from the query round.
     content = RecordDict({
         ARRAYS: dict_to_arrays(dict(zip(names, new_params))),
@@ -130,7 +132,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    client, _, params, config, _ = _setup(msg, context)
+    client, _, params, config, _, _ = _setup(msg, context)
     loss, num_examples, metrics = client.evaluate(params, config)
     return Message(content=RecordDict({METRICS: MetricRecord(
         {**metrics, EVAL_LOSS: float(loss), NUM_EXAMPLES: int(num_examples)})}), reply_to=msg)
