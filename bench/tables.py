@@ -132,7 +132,7 @@ def _lines(args: argparse.Namespace) -> list[str]:
         finals = [f for p in files.split(",") for f in load(Path(p), args.max_round)]
         first = len(out) == 2
         out += rows(name, finals, args.metrics, args.scale,
-                    references=getattr(args, "reference", "each") == "each" or first)
+                    references=args.reference == "each" or first)
     for d in map(Path, args.dirs):
         for path in (sorted(d.glob("*-summary.json")) if d.is_dir() else [d]):
             out += rows(path.name.removesuffix("-summary.json"), load(path), args.metrics, args.scale)
