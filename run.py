@@ -141,6 +141,13 @@ def resume_config(run_dir: str | Path):
         raise ResumeError(f"{run_dir} is not a directory")
     if (run_dir / "final.json").exists():
         raise ResumeError(f"{run_dir} has final.json: that run is complete; nothing to resume")
+    from fedmm.outputs import writer_pid
+
+    pid = writer_pid(run_dir)
+    if pid is not None:
+        raise ResumeError(f"{run_dir} is still being written by another process (pid {pid}): "
+                          "a run that was stopped and has not ended yet, or one still going; "
+                          "wait until it exits, then resume")
     k = checkpoint_round(run_dir)
     if k is None:
         raise ResumeError(f"{run_dir} has no checkpoint ({run_dir}/checkpoint/checkpoint.json): "
@@ -328,6 +335,29 @@ def stream_flwr(cmd: list[str], env: dict[str, str], timeout: float | None,
         return proc.returncode, f"{why}; {note}"
 
 
+#: Seconds run.py waits for a stopped run's ServerApp process to end (it notices the stop
+#: within seconds on Flower 1.42's simulation engine, and may finish its round first).
+STOP_WAIT = 180.0
+
+
+def wait_for_stopped_run(run_dir: Path, why: str, timeout: float = STOP_WAIT) -> str:
+    """After ``flwr stop``: wait until the run's ServerApp process no longer writes
+    ``run_dir`` (:func:`fedmm.outputs.wait_for_writer`), so that the directory is marked
+    failed, and can be resumed, only once nothing writes it any more. Returns ``why``, with a
+    note when the process was still writing after ``timeout`` s."""
+    from fedmm.outputs import wait_for_writer, writer_pid
+
+    if writer_pid(run_dir) is None:
+        return why
+    print(f"fedmm: waiting for the stopped run's ServerApp to end (it still writes {run_dir}) ...",
+          file=sys.stderr, flush=True)
+    pid = wait_for_writer(run_dir, timeout)
+    if pid is None:
+        return why
+    return (f"{why}; its ServerApp (pid {pid}) still wrote {run_dir} {timeout:.0f} s after the "
+            "stop")
+
+
 def run_one(cfg: dict, rc, num_users: int, federation_config: str, timeout: float | None,
             superlink: str | None = None, resume: bool = False) -> dict:
     """One ``flwr run`` of the raw config ``cfg`` (typed: ``rc``); returns the run's final.json.
@@ -360,6 +390,8 @@ def run_one(cfg: dict, rc, num_users: int, federation_config: str, timeout: floa
     finally:
         os.unlink(conf_path)
     final = run_dir / "final.json"
+    if cut_short is not None:
+        cut_short = wait_for_stopped_run(run_dir, cut_short)
     if cut_short is not None and final.is_file():
         print(f"fedmm: {final} was written before the run was stopped; keeping it", flush=True)
     elif cut_short is not None:

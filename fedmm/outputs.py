@@ -6,8 +6,18 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the writer check is skipped there
+    fcntl = None  # type: ignore[assignment]
+
+#: File in a run directory that the process writing it holds an exclusive ``flock`` on.
+WRITER_LOCK = ".writer.lock"
 
 
 class OutputError(FileExistsError):
@@ -39,6 +49,72 @@ def new_run_dir(out_dir: str | Path, run_name: str = "", tag: str = "run") -> Pa
         except FileExistsError:
             continue
     raise OutputError(f"could not create a fresh run directory under {root}")
+
+
+class RunDirBusy(RuntimeError):
+    """Another live process is still writing the run directory (nothing was changed)."""
+
+
+def writer_pid(run_dir: str | Path) -> int | None:
+    """The pid of the live process that holds ``run_dir``'s writer lock (see
+    :func:`hold_run_dir`), or None when no process does (or the platform has no ``flock``).
+    0 when it is held but the pid was not written yet."""
+    path = Path(run_dir) / WRITER_LOCK
+    if fcntl is None or not path.is_file():
+        return None
+    with open(path, "r+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = fh.read().strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return None
+
+
+@contextmanager
+def hold_run_dir(run_dir: str | Path) -> Iterator[None]:
+    """Hold ``run_dir``'s writer lock while the block runs (the OS drops it when the process
+    ends, however it ends), with this process's pid in the lock file.
+
+    A run stopped with ``flwr stop`` can go on for seconds in its simulation process: the lock
+    lets run.py wait for that process to end before it marks the directory failed, and keeps a
+    ``--resume`` from writing the directory while the stopped process still does.
+
+    Raises
+    ------
+    RunDirBusy
+        Another process holds it.
+    """
+    if fcntl is None:
+        yield
+        return
+    fh = open(Path(run_dir) / WRITER_LOCK, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid = fh.read().strip() or "unknown"
+            raise RunDirBusy(f"{run_dir} is being written by another process (pid {pid}), e.g. a "
+                             "stopped run that has not ended yet; wait until it exits, then try "
+                             "again (nothing was changed)") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # releases the lock
+
+
+def wait_for_writer(run_dir: str | Path, timeout: float, poll: float = 0.5) -> int | None:
+    """Wait up to ``timeout`` s until no process writes ``run_dir`` (:func:`writer_pid`);
+    returns None when none does, else the pid still writing it."""
+    deadline = time.monotonic() + timeout
+    while (pid := writer_pid(run_dir)) is not None and time.monotonic() < deadline:
+        time.sleep(poll)
+    return pid
 
 
 def _atomic_json(path: Path, obj: Any) -> None:

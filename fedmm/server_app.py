@@ -15,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedmm.checkpoint import CheckpointError, checkpoint_round
 from fedmm.config import RunConfig
 from fedmm.factory import data_for, model_for, set_threads
-from fedmm.outputs import RunRecorder, format_table, new_run_dir, summarize
+from fedmm.outputs import RunRecorder, format_table, hold_run_dir, new_run_dir, summarize
 from fedmm.protocol import dict_to_arrays
 from strategies.factory import build_strategy
 
@@ -62,13 +62,25 @@ def main(grid: Grid, context: Context) -> None:
     set_threads(cfg)
     data = data_for(cfg)
     if cfg.resume_round:
-        run_dir = resume_dir(cfg, context.run_config)
-        log(INFO, "fedmm: resuming %s after round %d", run_dir, cfg.resume_round)
+        run_dir = (Path(cfg.out_dir).expanduser() / cfg.run_name).resolve()
     else:
         # A relative out-dir is taken from this process's working directory, which is the
         # SuperLink's (run.py and deploy/run.sh pass an absolute one): the log names the path.
         run_dir = new_run_dir(cfg.out_dir, cfg.run_name,
                               tag=f"{data.name}-{cfg.backbone}-{cfg.method}-s{cfg.seed}").resolve()
+    # This process is the directory's only writer until it ends (a stopped run that is still
+    # ending keeps a resumed one out; run.py waits for it before marking the run failed).
+    if cfg.resume_round and not run_dir.is_dir():
+        raise CheckpointError(f"resume-round = {cfg.resume_round} but {run_dir} does not exist")
+    with hold_run_dir(run_dir):
+        if cfg.resume_round:
+            resume_dir(cfg, context.run_config)
+            log(INFO, "fedmm: resuming %s after round %d", run_dir, cfg.resume_round)
+        _run(grid, context, cfg, data, run_dir)
+
+
+def _run(grid: Grid, context: Context, cfg: RunConfig, data, run_dir: Path) -> None:
+    """The run itself, writing into ``run_dir`` (created, or validated for a resume)."""
     recorder = RunRecorder(run_dir)
     if not cfg.resume_round:
         # The raw run config (method sections included: run.py --resume reads it back), then
