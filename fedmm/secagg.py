@@ -253,7 +253,10 @@ def _masked_reply(state: SecAggPlusState, configs: ConfigRecord, reply: RecordDi
                           quantization_range=state.target_range, modulus_range=state.mod_range,
                           max_weight=state.max_weight, max_count=float(configs[MAX_COUNT_KEY]))
     server_round = int(msg.content["config"].get(SERVER_ROUND, 0)) if "config" in msg.content else 0
-    seed = (int(ctxt.run_config.get("seed", 0)), server_round, state.nid)
+    # Rounding drawn per (run seed, round, user): the same on every engine and deployment (a
+    # node id is not: Flower's simulation draws them at random).
+    user = int(ctxt.node_config.get("partition-id", state.nid))
+    seed = (int(ctxt.run_config.get("seed", 0)), server_round, user)
     encoded = encode_update(arrays, float(reply[METRICS][NUM_EXAMPLES]), params,
                             aggregation=aggregation, item_key=str(configs[ITEM_KEY]),
                             item_counts=extras.get(ITEM_COUNTS),
