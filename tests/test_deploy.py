@@ -131,6 +131,28 @@ def test_two_rounds_over_tls_with_node_auth_write_final_json(deployment):
     print(f"deployed 2-round run: {time.time() - t:.0f} s")
 
 
+def test_secagg_over_tls_gives_the_inprocess_result(deployment, tmp_path):
+    """``secagg = true`` on the real processes (SuperNodes over TLS with node auth, the
+    ClientApp's SecAgg+ mod as each SuperNode runs it): the same losses and metrics, bit for
+    bit, as the in-process engine's run of the same config."""
+    d = deployment
+    extra = "fraction-train=1.0 secagg=true secagg-max-weight=200.0 secagg-max-count=10.0"
+    p = d.run("--run-config", _config(d.data, d.cache, "secagg", extra), "--seeds", "0")
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    ip = subprocess.run([sys.executable, str(ROOT / "run.py"), "--engine", "inprocess", "--out",
+                         str(tmp_path / "ip"), "--seeds", "0", "--run-config",
+                         _config(d.data, d.cache, "secagg", extra)],
+                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert ip.returncode == 0, ip.stdout[-4000:] + ip.stderr[-4000:]
+    runs = [d.out / "secagg-s0", tmp_path / "ip" / "secagg-s0"]
+    (dep, loc) = [json.loads((r / "final.json").read_text()) for r in runs]
+    assert dep["status"] == "ok" and dep["test"] == loc["test"] and dep["valid"] == loc["valid"]
+    (dep_r, loc_r) = [[json.loads(x) for x in (r / "rounds.jsonl").read_text().splitlines()]
+                      for r in runs]
+    assert [r["secagg-shares"] for r in dep_r] == [USERS, USERS]
+    assert [r["train-loss"] for r in dep_r] == [r["train-loss"] for r in loc_r]
+
+
 def test_unregistered_supernode_is_refused(deployment):
     d = deployment
     p = _script("start_supernodes.sh", d.dir, d.address, USERS + 1, USERS, USERS, "auto")
