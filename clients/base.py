@@ -183,8 +183,9 @@ class FedRecClient(NumPyClient):
         if s.ldp_delta > 0:
             params = laplace_noise(params, s.ldp_delta, rng)
         num_examples = int(n_pos * (1 + s.num_negatives))
-        return params, num_examples, {TRAIN_LOSS: total / max(batches, 1), "num-positives": int(n_pos),
-                                      **fresh}
+        # No positive count or user id in the reply (num-examples, the FedAvg weight, is the
+        # only size the server needs; docs/privacy.md).
+        return params, num_examples, {TRAIN_LOSS: total / max(batches, 1), **fresh}
 
     # ----- evaluation -----------------------------------------------------------------------
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:

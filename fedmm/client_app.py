@@ -130,7 +130,7 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-@app.evaluate()
+@app.evaluate(mods=[secagg_mod])   # secagg-eval: masks the metrics; else passes through
 def evaluate(msg: Message, context: Context) -> Message:
     client, _, params, config, _, _ = _setup(msg, context)
     loss, num_examples, metrics = client.evaluate(params, config)

@@ -269,6 +269,7 @@ class RunConfig(ConfigSection):
     secagg_modulus_range: int
     secagg_max_weight: float
     secagg_max_count: float
+    secagg_eval: bool
     # local training and evaluation (seed, device, optimisers, negatives, top-K, ...)
     local: LocalSettings
     # evaluation schedule and selection
@@ -334,6 +335,8 @@ class RunConfig(ConfigSection):
                                       "out-dir it continues); use run.py --resume <run-dir>")
         if any(c in self.run_name for c in "/\\") or self.run_name in (".", ".."):
             raise bad("run-name", "must be a plain directory name (no path separators)")
+        if self.secagg_eval and not self.secagg:
+            raise bad("secagg-eval", "secure evaluation runs SecAgg+: set secagg = true too")
         if self.secagg:
             if self.method == "gfmfr":
                 raise bad("secagg", "GFMFR cannot run under secure aggregation: its server "

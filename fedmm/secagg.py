@@ -70,6 +70,10 @@ from fedmm.protocol import (ARRAYS, EXTRAS, ITEM_COUNTS, METRICS, NUM_EXAMPLES, 
 #: Collect-stage config keys fedmm adds to Flower's (the client must know what to sum).
 AGGREGATION_KEY, ITEM_KEY, SUMS_KEY = "fedmm-aggregation", "fedmm-item-key", "fedmm-sum-extras"
 MAX_COUNT_KEY = "fedmm-max-count"
+#: Secure evaluation (``secagg-eval``): the array of a user's evaluation metrics, and the
+#: ConfigRecord of an evaluate reply that names them (names are not private; values are).
+EVAL_METRICS, METRIC_NAMES = "eval-metrics", "secagg-metric-names"
+
 #: Entry names of the masked vector (ArrayRecord ``secagg-masked``), in masking order.
 WEIGHT, ITEM_WEIGHTS, SUM_PREFIX, ARRAY_PREFIX = "weight", "item-weights", "sum/", "array/"
 
@@ -241,7 +245,14 @@ def mask_vector(state: SecAggPlusState, configs: ConfigRecord,
 def _masked_reply(state: SecAggPlusState, configs: ConfigRecord, reply: RecordDict,
                   msg: Message, ctxt: Context) -> RecordDict:
     """The reply of stage 3: the ClientApp's reply with ``"arrays"`` (and the summed extras)
-    replaced by the masked vector ``secagg-masked``; metrics and other extras unchanged."""
+    replaced by the masked vector ``secagg-masked``; metrics and other extras unchanged.
+
+    An evaluate reply (``secagg-eval``) instead sends its metrics (all but ``num-examples``)
+    as one masked array, every user with the same weight (their mean is what the server
+    needs), their names in the ConfigRecord ``secagg-metric-names``, and no metric in the
+    clear."""
+    if msg.metadata.message_type == MessageType.EVALUATE:
+        return _masked_eval_reply(state, configs, reply, msg, ctxt)
     arrays = arrays_to_dict(reply[ARRAYS])
     extras = arrays_to_dict(reply[EXTRAS]) if EXTRAS in reply.array_records else {}
     aggregation = str(configs[AGGREGATION_KEY])
@@ -252,11 +263,7 @@ def _masked_reply(state: SecAggPlusState, configs: ConfigRecord, reply: RecordDi
     params = SecAggParams(clipping_range=state.clipping_range,
                           quantization_range=state.target_range, modulus_range=state.mod_range,
                           max_weight=state.max_weight, max_count=float(configs[MAX_COUNT_KEY]))
-    server_round = int(msg.content["config"].get(SERVER_ROUND, 0)) if "config" in msg.content else 0
-    # Rounding drawn per (run seed, round, user): the same on every engine and deployment (a
-    # node id is not: Flower's simulation draws them at random).
-    user = int(ctxt.node_config.get("partition-id", state.nid))
-    seed = (int(ctxt.run_config.get("seed", 0)), server_round, user)
+    seed = _rounding_seed(state, msg, ctxt)
     encoded = encode_update(arrays, float(reply[METRICS][NUM_EXAMPLES]), params,
                             aggregation=aggregation, item_key=str(configs[ITEM_KEY]),
                             item_counts=extras.get(ITEM_COUNTS),
@@ -274,12 +281,38 @@ def _masked_reply(state: SecAggPlusState, configs: ConfigRecord, reply: RecordDi
     return out
 
 
+def _rounding_seed(state: SecAggPlusState, msg: Message, ctxt: Context) -> tuple[int, ...]:
+    """Rounding drawn per (run seed, round, user[, 1 for evaluation]): the same on every
+    engine and deployment (a node id is not: Flower's simulation draws them at random)."""
+    server_round = int(msg.content["config"].get(SERVER_ROUND, 0)) if "config" in msg.content else 0
+    user = int(ctxt.node_config.get("partition-id", state.nid))
+    seed = (int(ctxt.run_config.get("seed", 0)), server_round, user)
+    return seed + (1,) if msg.metadata.message_type == MessageType.EVALUATE else seed
+
+
+def _masked_eval_reply(state: SecAggPlusState, configs: ConfigRecord, reply: RecordDict,
+                       msg: Message, ctxt: Context) -> RecordDict:
+    """Stage 3 of a secure evaluation (see :func:`_masked_reply`)."""
+    metrics = dict(reply[METRICS])
+    names = sorted(k for k in metrics if k != NUM_EXAMPLES)
+    params = SecAggParams(clipping_range=state.clipping_range,
+                          quantization_range=state.target_range, modulus_range=state.mod_range,
+                          max_weight=state.max_weight, max_count=float(configs[MAX_COUNT_KEY]))
+    encoded = encode_update({EVAL_METRICS: np.array([float(metrics[k]) for k in names])}, 1.0,
+                            params, aggregation="mean", seed=_rounding_seed(state, msg, ctxt))
+    masked = mask_vector(state, configs, list(encoded.values()))
+    dtype = np.uint32 if state.mod_range <= 2 ** 32 else np.int64
+    return RecordDict({SECAGG_MASKED: ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=dtype))
+                                                   for k, v in zip(encoded, masked)}),
+                       METRIC_NAMES: ConfigRecord({"names": names})})
+
+
 def secagg_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
     """ClientApp mod of fedmm's SecAgg+: train messages with a ``secaggplus_configs`` record run
     the stage it names (setup, share keys and unmask with Flower's own stage handlers; the
     collect stage trains through ``call_next`` and masks the reply); every other message goes
     to ``call_next`` unchanged. The protocol state lives in ``ctxt.state`` as in Flower's mod."""
-    if (msg.metadata.message_type != MessageType.TRAIN
+    if (msg.metadata.message_type not in (MessageType.TRAIN, MessageType.EVALUATE)
             or RECORD_KEY_CONFIGS not in msg.content.config_records):
         return call_next(msg, ctxt)
     if RECORD_KEY_STATE not in ctxt.state.config_records:
@@ -339,13 +372,13 @@ class SecAggPlusRound:
     """
 
     def __init__(self, params: SecAggParams, grid: Any, server_round: int, *, seed: int = 0,
-                 timeout: float | None = None, min_replies: int = 2) -> None:
+                 timeout: float | None = None, min_replies: int = 2, tag: str = "") -> None:
         self.params = params
         self.grid = grid
         self.server_round = int(server_round)
         self.timeout = timeout
         self.min_replies = max(2, int(min_replies))
-        self.rng = random.Random(f"secagg:{seed}:{server_round}")
+        self.rng = random.Random(f"secagg{tag}:{seed}:{server_round}")
         self.sampled: list[int] = []
         self.neighbours: dict[int, set[int]] = {}
         self.public_keys: dict[int, list[bytes]] = {}
@@ -396,10 +429,12 @@ class SecAggPlusRound:
 
     # -- stages 1-3 --
     def prepare(self, messages: Sequence[Message], *, aggregation: str, item_key: str,
-                sum_extras: Sequence[str] = ()) -> list[Message]:
+                sum_extras: Sequence[str] = (),
+                message_type: str = MessageType.TRAIN) -> list[Message]:
         """Stages 1 (setup) and 2 (share keys) with the destinations of ``messages`` (the
-        round's train messages); returns those messages, for the clients that completed both,
-        with the stage-3 record (forwarded shares and what to sum) added.
+        round's train messages, or its evaluate messages with ``message_type`` EVALUATE);
+        returns those messages, for the clients that completed both, with the stage-3 record
+        (forwarded shares and what to sum) added.
 
         Raises
         ------
@@ -462,7 +497,7 @@ class SecAggPlusRound:
             self.bytes += content_bytes(RecordDict({RECORD_KEY_CONFIGS: rec}))
             src = by_node[nid]
             content = RecordDict({**dict(src.content.items()), RECORD_KEY_CONFIGS: rec})
-            out.append(Message(content=content, dst_node_id=nid, message_type=MessageType.TRAIN,
+            out.append(Message(content=content, dst_node_id=nid, message_type=message_type,
                                group_id=str(self.server_round)))
         return out
 

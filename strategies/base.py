@@ -50,7 +50,7 @@ from fedmm.secagg import SecAggParams, SecAggPlusRound
 
 from fedmm.protocol import (AGGREGATION, ARRAYS, CONFIG, ITEM_COUNTS, ITEM_TABLE_KEY, METRICS,
                             FRESH_PREFIX, NUM_EXAMPLES, QUERY, SERVER_ROUND, TRAIN_LOSS, USER,
-                            TrainReply,
+                            SECAGG_MASKED, TrainReply,
                             arrays_to_dict, dict_to_arrays, record_bytes)
 from strategies.aggregation import (ReplyError, better, check_reply_arrays, itemwise_average,
                                     mean_metrics, weighted_average)
@@ -107,6 +107,10 @@ class FedRecStrategy(FedAvg):
         never seen. Clients that fail after sharing keys count as failed replies
         (``min-train-replies`` as without it); the round also needs the reconstruction
         threshold of clients left, else it fails the run.
+    secagg_eval : bool, default False
+        Evaluation through SecAgg+ as well (needs ``secagg``): each evaluation runs the four
+        stages with all users, every user's metrics are one masked vector, and the server
+        reads only their mean (to the quantisation step), never one user's metrics.
     """
 
     def __init__(self, *, fraction_train: float = 0.1, eval_every: int = 10,
@@ -116,7 +120,7 @@ class FedRecStrategy(FedAvg):
                  node_timeout: float = 300.0, min_train_replies: int = 1,
                  max_eval_failures: float = 0.0, num_rounds: int | None = None,
                  checkpoint_every: int = 0, checkpoint_dir: str | Path | None = None,
-                 secagg: SecAggParams | None = None) -> None:
+                 secagg: SecAggParams | None = None, secagg_eval: bool = False) -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=1.0, min_train_nodes=1,
                          min_evaluate_nodes=1, min_available_nodes=min_available_nodes)
         if aggregation not in ("fedavg", "mean", "itemwise"):
@@ -130,8 +134,12 @@ class FedRecStrategy(FedAvg):
             raise ValueError(f"checkpoint_every must be >= 0 and needs a checkpoint_dir, got "
                              f"{checkpoint_every} and {checkpoint_dir}")
         self.checkpoint_every = int(checkpoint_every)
+        if secagg_eval and secagg is None:
+            raise ValueError("secagg_eval needs the SecAgg+ parameters (secagg)")
         self.secagg = secagg
+        self.secagg_eval = bool(secagg_eval)
         self._secagg_round: SecAggPlusRound | None = None
+        self._secagg_eval_round: SecAggPlusRound | None = None
         #: Secure aggregation: this round's summed extras (:meth:`secagg_sum_extras`).
         self.secagg_sums: dict[str, np.ndarray] = {}
         self._seed = int(seed)
@@ -531,8 +539,38 @@ class FedRecStrategy(FedAvg):
         content = RecordDict({ARRAYS: arrays, CONFIG: cfg})
         nodes = self._nodes(grid)
         self._eval_sent = set(nodes)
-        return [Message(content=content, dst_node_id=nid, message_type=MessageType.EVALUATE)
-                for nid in nodes]
+        messages = [Message(content=content, dst_node_id=nid, message_type=MessageType.EVALUATE)
+                    for nid in nodes]
+        if self.secagg_eval:
+            # Stages 1-2 now (nodes that fail them count as lost replies); the evaluate
+            # messages are stage 3.
+            assert self.secagg is not None
+            self._secagg_eval_round = SecAggPlusRound(self.secagg, grid, server_round,
+                                                      seed=self._seed, timeout=self._timeout,
+                                                      tag="-eval")
+            messages = self._secagg_eval_round.prepare(
+                messages, aggregation="mean", item_key="", message_type=MessageType.EVALUATE)
+        return messages
+
+    def _secure_eval_metrics(self, server_round: int, replies: list[Message]) -> list[dict[str, float]]:
+        """Secure evaluation, stage 4: the mean of the users' metrics from the masked replies,
+        returned as one pseudo-user's metrics (so the mean below is that mean)."""
+        from fedmm.secagg import EVAL_METRICS, METRIC_NAMES
+
+        sa = self._secagg_eval_round
+        assert sa is not None
+        names = {tuple(m.content[METRIC_NAMES]["names"]) for m in replies}
+        if len(names) != 1:
+            raise ReplyError(f"round {server_round}: secure evaluation replies name different "
+                             f"metrics: {sorted(names)[:2]}")
+        (keys,) = names
+        sums = sa.unmask({m.metadata.src_node_id: arrays_to_dict(m.content[SECAGG_MASKED])
+                          for m in replies})
+        mean, _ = sa.decode(sums, {EVAL_METRICS: np.zeros(len(keys))}, "")
+        self._round.update({"secagg-eval-seconds": sa.seconds, "secagg-eval-bytes": sa.bytes,
+                            "secagg-eval-dropped": {k: [self.user_of.get(n, -1) for n in v]
+                                                    for k, v in sa.dropped.items() if v}})
+        return [dict(zip(keys, map(float, mean[EVAL_METRICS])))]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         # User order, not arrival order: the float mean over users is then the same every run.
@@ -557,9 +595,13 @@ class FedRecStrategy(FedAvg):
                 self._round["eval-failed-users"] = [
                     self.user_of.get(n, -1) for n in [m.metadata.src_node_id for m in failed] + missing]
             replies = [m for m in replies if not m.has_error()]
-            per_user = [{k: float(v) for k, v in dict(m.content[METRICS]).items()} for m in replies]
+            if self.secagg_eval:
+                per_user = self._secure_eval_metrics(server_round, replies)
+            else:
+                per_user = [{k: float(v) for k, v in dict(m.content[METRICS]).items()}
+                            for m in replies]
             agg = mean_metrics(per_user, skip=(NUM_EXAMPLES,))
-            agg["eval-users"] = len(per_user)
+            agg["eval-users"] = len(replies)
             self._round.update(agg)
             self._round["eval-seconds"] = time.perf_counter() - self._t_eval
             if self.select_metric not in agg:

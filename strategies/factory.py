@@ -5,7 +5,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fedmm.config import RunConfig
+from fedmm.config import ConfigError, RunConfig
 from strategies.base import FedRecStrategy
 
 
@@ -24,7 +24,14 @@ def build_strategy(cfg: RunConfig, data: Any, on_round: Callable[[dict], None] |
                   # checkpoints go to the run directory (none without one)
                   checkpoint_every=cfg.checkpoint_every if run_dir is not None else 0,
                   checkpoint_dir=run_dir,
-                  secagg=cfg.secagg_params if cfg.secagg else None)
+                  secagg=cfg.secagg_params if cfg.secagg else None,
+                  secagg_eval=cfg.secagg_eval)
+    if cfg.secagg_eval and data.num_users * cfg.secagg_quantization_range >= cfg.secagg_modulus_range:
+        raise ConfigError(f"secagg-eval: {data.num_users} users x secagg-quantization-range "
+                          f"{cfg.secagg_quantization_range} reaches secagg-modulus-range "
+                          f"{cfg.secagg_modulus_range}: the sum of one evaluation would overflow; "
+                          "lower secagg-quantization-range or raise secagg-modulus-range "
+                          "(a power of 2)")
     if cfg.method == "base":
         return FedRecStrategy(**common)
     if cfg.method == "gfmfr":

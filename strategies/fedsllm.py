@@ -39,7 +39,7 @@ contract of :mod:`strategies.base`:
   and ``"similarity"`` float32 ``(N, P)`` (``sim(i, j)`` for every item of the catalogue;
   the server does not know which items a client has);
 * train reply: ``"metrics"`` adds ``"selection-ms"`` (float, wall time to score and select)
-  and ``"selection-candidates"`` (int ``n``; ``"num-positives"`` is the selected count),
+  and ``"selection-candidates"`` (int ``n``; ``num-examples / (1 + num-negatives)`` is the selected count),
   and, optional, the diagnostics ``"selection-coverage"`` (float, share of the node's
   positives selected in any of its rounds so far) and ``"selection-repeat"`` (float, share of
   this round's selection already selected in an earlier round; absent in a node's first round);

@@ -79,7 +79,7 @@ def test_every_reply_carries_only_the_contract(tmp_path, serverapp_identity, bac
             assert list(arrays.keys()) == list(shared)            # shared parameters only
             for k, v in arrays.items():
                 assert v.numpy().shape == shared[k].shape and v.numpy().dtype == shared[k].dtype
-            assert set(dict(content["metrics"])) == {"num-examples", "train-loss", "num-positives"}
+            assert set(dict(content["metrics"])) == {"num-examples", "train-loss"}
             if aggregation == "itemwise":
                 counts = content["extras"]
                 assert list(counts.keys()) == ["item-counts"]

@@ -410,12 +410,13 @@ def test_secagg_through_flower_simulation_gives_the_inprocess_result(tmp_path, t
     """``secagg = true`` through Flower's simulation engine (Ray actors, SuperLink transport,
     the ClientApp's mod as Flower calls it): the four SecAgg+ stages run every round and the
     unmasked sums, hence every metric, equal the in-process engine's bit for bit (masks cancel
-    exactly modulo the modulus; quantisation is deterministic)."""
+    exactly modulo the modulus; quantisation is deterministic). Evaluation runs SecAgg+ too
+    (``secagg-eval``: the evaluate handler's mod)."""
     from e2e_util import finals, run_app
     from test_inprocess import rounds_of, run_inprocess_app
 
     overrides = ("num-server-rounds=3 eval-every=1 fraction-train=0.5 aggregation='itemwise' "
-                 "secagg=true centralised-epochs=0")
+                 "secagg=true secagg-eval=true centralised-epochs=0")
     (tmp_path / "sim").mkdir()
     (tmp_path / "ip").mkdir()
     proc, sim_out = run_app(tmp_path / "sim", tiny_grouplens, overrides, seeds=[1])
@@ -428,3 +429,39 @@ def test_secagg_through_flower_simulation_gives_the_inprocess_result(tmp_path, t
     assert [r["secagg-shares"] for r in sim_rounds] == [6, 6, 6]
     assert all(r["secagg-seconds"] > 0 for r in sim_rounds)
     assert [r["train-loss"] for r in sim_rounds] == [r["train-loss"] for r in ip_rounds]
+    assert all(r["secagg-eval-seconds"] > 0 and r["eval-users"] == 12 for r in sim_rounds)
+
+
+def test_secure_evaluation_gives_the_mean_and_no_user_metrics(tmp_path, tiny_grouplens):
+    """``secagg-eval = true``: the server's evaluate replies carry only masked vectors (no
+    per-user metric in the clear), and the unmasked mean equals the plain mean of the same
+    users' metrics up to the quantisation step; training is untouched."""
+    from fedmm.protocol import METRICS, SECAGG_MASKED
+
+    cfg, raw = make_cfg(tiny_grouplens, tmp_path, "secagg=true")
+    plain, _, plain_grid = run_strategy(cfg, raw, 2)
+    cfg_e, raw_e = make_cfg(tiny_grouplens, tmp_path, "secagg=true secagg-eval=true")
+    secure, _, grid = run_strategy(cfg_e, raw_e, 2)
+    replies = grid.replies("evaluate")
+    assert len(replies) == 12 and len(plain_grid.replies("evaluate")) == 12
+    for r in replies:
+        assert METRICS not in r.content.metric_records and SECAGG_MASKED in r.content.array_records
+        assert list(r.content.array_records[SECAGG_MASKED]) == ["weight", "array/eval-metrics"]
+    a, b = plain.history[-1], secure.history[-1]
+    assert a["train-loss"] == b["train-loss"] and b["eval-users"] == a["eval-users"] == 12
+    step = 2 * cfg_e.secagg_clipping_range / cfg_e.secagg_quantization_range
+    keys = [k for k in a if k.startswith(("valid_", "test_"))]
+    assert keys and all(abs(a[k] - b[k]) <= step for k in keys), [(k, a[k] - b[k]) for k in keys]
+    assert b["secagg-eval-seconds"] > 0 and "secagg-eval-seconds" not in a
+
+
+def test_secure_evaluation_config_errors(tmp_path, tiny_grouplens):
+    from fedmm.factory import data_for
+    from strategies.factory import build_strategy
+
+    with pytest.raises(ConfigError, match="secagg-eval.*set secagg = true"):
+        make_cfg(tiny_grouplens, tmp_path, "secagg-eval=true")
+    cfg, raw = make_cfg(tiny_grouplens, tmp_path, "secagg=true secagg-eval=true "
+                                                  "secagg-quantization-range=1073741824")
+    with pytest.raises(ConfigError, match="12 users x secagg-quantization-range"):
+        build_strategy(cfg, data_for(cfg), run_config=raw)
