@@ -42,7 +42,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from logging import WARNING
 from typing import Any
 
@@ -119,6 +119,24 @@ class SecAggParams:
                            clipping_range=self.clipping_range,
                            quantization_range=int(self.quantization_range),
                            modulus_range=int(self.modulus_range))
+
+    def for_clients(self, k: int) -> "SecAggParams":
+        """These parameters with the quantisation range lowered, if needed, to the largest
+        power of 2 whose sum over ``k`` clients stays below half the modulus (secure
+        evaluation sums every user at once: 943 users need 2**21 with the defaults).
+
+        Raises
+        ------
+        SecAggError
+            Not even 2**8 levels would fit (raise ``secagg-modulus-range``)."""
+        q = int(self.quantization_range)
+        while q > 1 and 2 * k * q >= int(self.modulus_range):
+            q //= 2
+        if q < 2 ** 8:
+            raise SecAggError(f"secure aggregation of {k} clients: secagg-modulus-range "
+                              f"{self.modulus_range} leaves fewer than 2**8 quantisation levels; "
+                              "raise secagg-modulus-range (a power of 2)")
+        return replace(self, quantization_range=q)
 
     def round_sizes(self, num_samples: int) -> tuple[int, int]:
         """``(num_shares, threshold)`` for ``num_samples`` sampled clients, as Flower's
@@ -448,10 +466,12 @@ class SecAggPlusRound:
             raise SecAggError(f"secure aggregation needs at least 2 sampled clients per round, "
                               f"got {k} (raise fraction-train)")
         p = self.params
-        if k * p.quantization_range >= p.modulus_range:
+        if 2 * k * p.quantization_range >= p.modulus_range:
+            # The sums are read centred (values above modulus / 2 are negative): they must
+            # stay below half the modulus.
             raise SecAggError(f"{k} clients x secagg-quantization-range {p.quantization_range} "
-                              f"reaches secagg-modulus-range {p.modulus_range}: the sum would "
-                              f"overflow; lower the quantization range")
+                              f"reaches half of secagg-modulus-range {p.modulus_range}: the sum "
+                              f"would wrap; lower the quantization range or raise the modulus")
         self.num_shares, self.threshold = p.round_sizes(k)
         order = list(self.sampled)
         self.rng.shuffle(order)

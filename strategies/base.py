@@ -545,7 +545,9 @@ class FedRecStrategy(FedAvg):
             # Stages 1-2 now (nodes that fail them count as lost replies); the evaluate
             # messages are stage 3.
             assert self.secagg is not None
-            self._secagg_eval_round = SecAggPlusRound(self.secagg, grid, server_round,
+            # All users at once: a coarser quantisation if needed (SecAggParams.for_clients).
+            self._secagg_eval_round = SecAggPlusRound(self.secagg.for_clients(len(nodes)),
+                                                      grid, server_round,
                                                       seed=self._seed, timeout=self._timeout,
                                                       tag="-eval")
             messages = self._secagg_eval_round.prepare(

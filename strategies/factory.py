@@ -26,12 +26,13 @@ def build_strategy(cfg: RunConfig, data: Any, on_round: Callable[[dict], None] |
                   checkpoint_dir=run_dir,
                   secagg=cfg.secagg_params if cfg.secagg else None,
                   secagg_eval=cfg.secagg_eval)
-    if cfg.secagg_eval and data.num_users * cfg.secagg_quantization_range >= cfg.secagg_modulus_range:
-        raise ConfigError(f"secagg-eval: {data.num_users} users x secagg-quantization-range "
-                          f"{cfg.secagg_quantization_range} reaches secagg-modulus-range "
-                          f"{cfg.secagg_modulus_range}: the sum of one evaluation would overflow; "
-                          "lower secagg-quantization-range or raise secagg-modulus-range "
-                          "(a power of 2)")
+    if cfg.secagg_eval:   # every user in one secure sum: fail now, not at the first evaluation
+        from fedmm.secagg import SecAggError
+
+        try:
+            cfg.secagg_params.for_clients(data.num_users)
+        except SecAggError as exc:
+            raise ConfigError(f"secagg-eval: {exc}") from None
     if cfg.method == "base":
         return FedRecStrategy(**common)
     if cfg.method == "gfmfr":

@@ -461,7 +461,13 @@ def test_secure_evaluation_config_errors(tmp_path, tiny_grouplens):
 
     with pytest.raises(ConfigError, match="secagg-eval.*set secagg = true"):
         make_cfg(tiny_grouplens, tmp_path, "secagg-eval=true")
+    # 12 users: the quantisation is lowered to fit half the modulus; below 2**8 levels, refused
     cfg, raw = make_cfg(tiny_grouplens, tmp_path, "secagg=true secagg-eval=true "
                                                   "secagg-quantization-range=1073741824")
-    with pytest.raises(ConfigError, match="12 users x secagg-quantization-range"):
+    assert cfg.secagg_params.for_clients(12).quantization_range == 2 ** 27   # 2*12*2**27 < 2**32
+    assert cfg.secagg_params.for_clients(943).quantization_range == 2 ** 21
+    build_strategy(cfg, data_for(cfg), run_config=raw)
+    cfg, raw = make_cfg(tiny_grouplens, tmp_path, "secagg=true secagg-eval=true "
+                                                  "secagg-quantization-range=2048 secagg-modulus-range=4096")
+    with pytest.raises(ConfigError, match="secagg-eval: secure aggregation of 12 clients"):
         build_strategy(cfg, data_for(cfg), run_config=raw)
