@@ -57,7 +57,9 @@ def main(argv=None) -> int:
                 continue
             vals = " | ".join(f"{100 * c['test'][m]:.2f}" for m in METRICS)
             sel = 100 * c["valid"][cfg.select_metric.removeprefix("valid_")]
+            cands = ", ".join(f"{t} {100 * v['valid']:.2f}" for t, v in c.get("candidates", {}).items())
             print(f"| {b} | {extra.strip() or 'defaults'} | {c.get('trainer', 'adam')} lr {c['lr']}, "
+                  + (f"(best of valid: {cands}) " if cands else "") +
                   f"{c['epochs']} epochs | {c['best_epoch']} | {sel:.2f} | {vals} | "
                   f"{c['seconds']:.0f} (this call {time.time() - t0:.0f}) |", flush=True)
     return 0

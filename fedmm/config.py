@@ -30,7 +30,7 @@ AGGREGATION_CHOICES = ("fedavg", "mean", "itemwise")
 PROTOCOL_CHOICES = ("both", "full", "sampled")
 DEVICE_CHOICES = ("cpu", "cuda")
 OPTIMIZER_CHOICES = ("", "sgd", "adam")
-CENTRAL_TRAINER_CHOICES = ("groups", "adam")
+CENTRAL_TRAINER_CHOICES = ("best", "groups", "adam")
 #: Parameter groups with their own optimiser keys (fedmm.models.optim.GROUPS).
 OPTIM_GROUPS = ("items", "local_items", "shared", "private")
 

@@ -23,6 +23,10 @@
   - ``"adam"``: one Adam at ``centralised-lr`` over every parameter, one joint step (the
     trainer before issue 12's per-group update; it trains FedRAP's private tables and
     FedNCF's user vector badly, docs/results.md section 1.1).
+  - ``"best"`` (default of the run config): both, each cached, and the row whose validation
+    ``select-metric`` is higher (a tie keeps ``"groups"``). Neither trainer is the better one
+    for every backbone on ML-100K (docs/results.md section 1.1), and a ceiling should be the
+    best centralised model we can train, chosen without looking at the test split.
 
 Both are evaluated with the federated run's split, sampled negatives, cut-offs, protocols and
 pessimistic ties (:func:`fedmm.metrics.leave_one_out_metrics`), and the centralised row is
@@ -265,7 +269,7 @@ def reference_rows(cfg, data: FederatedData, log: Callable[[str], None] | None =
         evaluation protocol and cut-offs are taken from it; ``centralised-epochs`` (0 skips the
         centralised row), ``centralised-lr`` and ``centralised-trainer`` set the centralised
         training (with the run's private-group optimiser overrides and weight decay under the
-        ``"groups"`` trainer).
+        ``"groups"`` trainer; ``"best"`` trains both trainers and keeps the validation-better).
     data : FederatedData
         The run's split.
 
@@ -273,12 +277,39 @@ def reference_rows(cfg, data: FederatedData, log: Callable[[str], None] | None =
     -------
     dict
         ``{"mostpop": {"test": ..., "valid": ...}, "centralised": {"test", "valid",
-        "best_epoch", "seconds", "epochs", "lr", "trainer"[, "private"]}}`` (``centralised``
-        absent when skipped; ``private``: ``group -> [optimizer, lr, weight decay, clip]`` of
-        the ``"groups"`` trainer).
+        "best_epoch", "seconds", "epochs", "lr", "trainer"[, "private"][, "candidates"]}}``
+        (``centralised`` absent when skipped; ``trainer``: the one that trained this row;
+        ``private``: ``group -> [optimizer, lr, weight decay, clip]`` of the ``"groups"``
+        trainer; ``candidates`` under ``"best"``: ``trainer -> {"best_epoch", "valid"}``, the
+        validation select-metric of each).
         The centralised row is cached under ``<cache>/reference/`` keyed by everything it
         depends on, so runs of several methods on one backbone train it once.
     """
+    protocols, topk = cfg.local.protocols, cfg.local.topk
+    mp = mostpop(data, cfg.seed, topk, protocols, cfg.local.num_eval_negatives)
+    out: dict = {"mostpop": {"test": split_metrics(mp, "test"), "valid": split_metrics(mp, "valid")}}
+    if cfg.centralised_epochs <= 0:
+        return out
+    trainers = TRAINERS if cfg.centralised_trainer == "best" else (cfg.centralised_trainer,)
+    rows = {t: _centralised_row(cfg, data, t, log) for t in trainers}
+    key = cfg.select_metric.removeprefix("valid_")
+    trainer = max(trainers, key=lambda t: rows[t]["valid"][key])  # a tie keeps the first
+    row = dict(rows[trainer])
+    if len(trainers) > 1:
+        row["candidates"] = {t: {"best_epoch": r["best_epoch"], "valid": r["valid"][key]}
+                             for t, r in rows.items()}
+    out["centralised"] = row
+    return out
+
+
+#: The trainers ``centralised-trainer = "best"`` trains, in order of preference on a tie.
+TRAINERS: tuple[str, ...] = ("groups", "adam")
+
+
+def _centralised_row(cfg, data: FederatedData, trainer: str,
+                     log: Callable[[str], None] | None = None) -> dict:
+    """The centralised row of ``cfg`` trained with ``trainer`` ("groups" or "adam"), read from
+    or written to the cache under ``<cache>/reference/``."""
     import hashlib
     import json
     import os
@@ -288,38 +319,34 @@ def reference_rows(cfg, data: FederatedData, log: Callable[[str], None] | None =
     from fedmm.factory import model_for
 
     protocols, topk = cfg.local.protocols, cfg.local.topk
-    mp = mostpop(data, cfg.seed, topk, protocols, cfg.local.num_eval_negatives)
-    out: dict = {"mostpop": {"test": split_metrics(mp, "test"), "valid": split_metrics(mp, "valid")}}
-    if cfg.centralised_epochs <= 0:
-        return out
-    stamp = {"dataset": cfg.dataset, "thr": cfg.rating_threshold, "min": cfg.min_interactions,
+    stamp = {"v": 1, "dataset": cfg.dataset, "thr": cfg.rating_threshold, "min": cfg.min_interactions,
              "users": data.num_users, "items": data.num_items, "train": data.num_train,
              "backbone": cfg.backbone, "dim": cfg.embedding_dim, "seed": cfg.seed,
              "negatives": cfg.local.num_negatives, "eval-negatives": cfg.local.num_eval_negatives,
              "topk": list(topk), "protocols": list(protocols), "select": cfg.select_metric,
-             "epochs": cfg.centralised_epochs, "lr": cfg.centralised_lr,
-             "trainer": cfg.centralised_trainer, "v": 2}
+             "epochs": cfg.centralised_epochs, "lr": cfg.centralised_lr}
+    # The "adam" trainer is the one of stamp v1, bit for bit (same RNG draws in the same order),
+    # so its rows keep their v1 keys; the "groups" trainer adds what it depends on.
     settings = CentralSettings(epochs=cfg.centralised_epochs, lr=cfg.centralised_lr,
-                               num_negatives=cfg.local.num_negatives, trainer=cfg.centralised_trainer,
+                               num_negatives=cfg.local.num_negatives, trainer=trainer,
                                overrides=cfg.local.optimizers, weight_decay=cfg.local.weight_decay)
     private: dict = {}
-    if settings.trainer == "groups":  # what the private groups train with, as resolved
+    if trainer == "groups":  # what the private groups train with, as resolved
         private = {g: [o.name, o.lr, o.weight_decay, o.clip] for g, o in
                    private_optimizers(model_for(cfg, data.num_items, 0), settings.overrides).items()}
-        stamp.update({"private": private, "weight-decay": cfg.local.weight_decay})
+        stamp.update({"v": 2, "trainer": trainer, "private": private,
+                      "weight-decay": cfg.local.weight_decay})
     key = hashlib.sha1(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     path = root / "reference" / f"centralised-{key}.json"
     if path.is_file():
-        out["centralised"] = json.loads(path.read_text())
-        return out
+        return {"trainer": trainer, **json.loads(path.read_text())}
     row = centralised(data, lambda u: model_for(cfg, data.num_items, u, data.user(u).train), settings,
                       cfg.seed, topk, protocols, cfg.select_metric, cfg.local.num_eval_negatives, log)
     row.update({"epochs": cfg.centralised_epochs, "lr": cfg.centralised_lr,
-                "trainer": cfg.centralised_trainer, **({"private": private} if private else {})})
+                "trainer": trainer, **({"private": private} if private else {})})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(row))
     os.replace(tmp, path)
-    out["centralised"] = row
-    return out
+    return row

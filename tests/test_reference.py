@@ -137,18 +137,65 @@ def test_groups_trainer_follows_pfedrec_update_steps(tmp_path, monkeypatch):
 @pytest.mark.parametrize("backbone", BACKBONE_CHOICES)
 def test_groups_trainer_beats_mostpop_on_grouped_data(tmp_path, backbone):
     data = _grouped(tmp_path)
-    row = centralised(data, _builder(data, backbone), CentralSettings(epochs=30, lr=0.05, eval_every=10),
+    row = centralised(data, _builder(data, backbone), CentralSettings(epochs=60, lr=0.05, eval_every=20),
                       seed=0, topk=(10,), protocols=("full",), select_metric="valid_full_hr@10")
     floor = mostpop(data, 0, (10,), ("full",))
     assert row["test"]["full_hr@10"] > floor["test_full_hr@10"] + 0.2, (row["test"], floor)
 
 
 def test_adam_trainer_is_kept(tmp_path):
+    """``trainer="adam"`` (one Adam over everything) and ``"groups"`` train differently: the
+    user vector moves by Adam's step (about lr per entry) under one, by SGD under the other."""
     data = _grouped(tmp_path)
-    a = centralised(data, _builder(data, "fedmf"), CentralSettings(epochs=2, trainer="adam"), seed=0,
-                    topk=(10,), protocols=("full",), select_metric="valid_full_hr@10")
-    b = centralised(data, _builder(data, "fedmf"), CentralSettings(epochs=2, trainer="groups"), seed=0,
-                    topk=(10,), protocols=("full",), select_metric="valid_full_hr@10")
-    assert a["test"] != b["test"]
+    moved = {}
+    for trainer in ("adam", "groups"):
+        built: list = []
+        build = _builder(data, "fedmf")
+        first = build(0).user_emb.detach().clone()
+        centralised(data, lambda u: built.append(build(u)) or built[-1],
+                    CentralSettings(epochs=1, lr=0.01, trainer=trainer), seed=0, topk=(10,),
+                    protocols=("full",), select_metric="valid_full_hr@10")
+        moved[trainer] = (built[0].user_emb.detach() - first).abs()
+    assert torch.allclose(moved["adam"], torch.full_like(moved["adam"], 0.01), rtol=1e-3)
+    assert not torch.allclose(moved["groups"], moved["adam"])
     with pytest.raises(ValueError, match="trainer"):
         CentralSettings(trainer="sgd")
+
+
+def test_reference_rows_best_picks_the_validation_better_trainer_and_caches_each(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import fedmm.reference as reference
+    from fedmm.config import RunConfig, load_app_config
+
+    d = write_grouped_grouplens(tmp_path / "gl")
+    raw = load_app_config(Path(__file__).resolve().parents[1] / "pyproject.toml")
+    raw.update({"dataset": f"grouplens:{d}", "rating-threshold": 0.0, "cache-dir": str(tmp_path / "cache"),
+                "backbone": "fedmf", "embedding-dim": 8, "centralised-epochs": 2,
+                "centralised-trainer": "best"})
+    cfg = RunConfig.from_mapping(raw)
+    data = load_federated(cfg.dataset, cfg.rating_threshold, cfg.min_interactions, cfg.cache_dir)
+    trained: list[str] = []
+    valid = {"groups": 0.3, "adam": 0.6}
+
+    def fake(data, build, settings, seed, topk, protocols, select_metric, *args, **kw):
+        trained.append(settings.trainer)
+        m = {"sampled_ndcg@10": valid[settings.trainer]}
+        return {"best_epoch": 2, "test": {"x": settings.trainer}, "valid": m, "seconds": 0.0}
+
+    monkeypatch.setattr(reference, "centralised", fake)
+    row = reference.reference_rows(cfg, data)["centralised"]
+    assert trained == ["groups", "adam"]
+    assert row["trainer"] == "adam" and row["test"] == {"x": "adam"}
+    assert row["candidates"] == {"groups": {"best_epoch": 2, "valid": 0.3},
+                                 "adam": {"best_epoch": 2, "valid": 0.6}}
+    assert len(list((tmp_path / "cache" / "reference").glob("*.json"))) == 2  # one per trainer
+    # Cached: no training the second time; a single trainer reads its own entry.
+    assert reference.reference_rows(cfg, data)["centralised"]["trainer"] == "adam" and len(trained) == 2
+    one = RunConfig.from_mapping({**raw, "centralised-trainer": "groups"})
+    assert reference.reference_rows(one, data)["centralised"]["test"] == {"x": "groups"}
+    assert len(trained) == 2
+    # The groups entry depends on the private groups' optimisers: an override trains anew.
+    other = RunConfig.from_mapping({**raw, "centralised-trainer": "groups", "private-lr": 0.5})
+    reference.reference_rows(other, data)
+    assert trained == ["groups", "adam", "groups"]
