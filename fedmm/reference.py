@@ -341,8 +341,9 @@ def _centralised_row(cfg, data: FederatedData, trainer: str,
     path = root / "reference" / f"centralised-{key}.json"
     if path.is_file():
         return {"trainer": trainer, **json.loads(path.read_text())}
+    tagged = None if log is None else (lambda m: log(f"[{trainer}] {m}"))
     row = centralised(data, lambda u: model_for(cfg, data.num_items, u, data.user(u).train), settings,
-                      cfg.seed, topk, protocols, cfg.select_metric, cfg.local.num_eval_negatives, log)
+                      cfg.seed, topk, protocols, cfg.select_metric, cfg.local.num_eval_negatives, tagged)
     row.update({"epochs": cfg.centralised_epochs, "lr": cfg.centralised_lr,
                 "trainer": trainer, **({"private": private} if private else {})})
     path.parent.mkdir(parents=True, exist_ok=True)
