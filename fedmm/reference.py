@@ -8,10 +8,11 @@
   models the clients hold, but every user's gradient reaches the shared parameters at every
   step. The gap to the federated run is what federation costs.
 
-  Two trainers (``centralised-trainer``):
+  Two trainers (``centralised-trainer``), and a choice between them:
 
-  - ``"groups"`` (default): the backbone's own **update steps** (PFedRec: score function first,
-    then the item table in a second forward pass) and per-group optimisers
+  - ``"groups"`` (the default of :class:`CentralSettings`): the backbone's own **update
+    steps** (PFedRec: score function first, then the item table in a second forward pass)
+    and per-group optimisers
     (:class:`fedmm.models.optim.GroupedOptimizer`, as the client builds them). The private
     groups (``private``, ``local_items``) use the backbone's own local optimisers with the run's
     overrides, one per user: each user's private part sees exactly the loss it sees on its
