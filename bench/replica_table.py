@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     p.add_argument("--centralised-epochs", type=int, default=None,
                    help="default: the run config's centralised-epochs")
     p.add_argument("--centralised-lr", type=float, default=None)
+    p.add_argument("--centralised-trainer", choices=("best", "groups", "adam"), default=None,
+                   help="default: the run config's centralised-trainer")
     args = p.parse_args(argv)
     import run as runner
     from fedmm.factory import data_for, set_threads
@@ -51,6 +53,8 @@ def main(argv=None) -> int:
             extra += f" centralised-epochs={args.centralised_epochs}"
         if args.centralised_lr is not None:
             extra += f" centralised-lr={args.centralised_lr}"
+        if args.centralised_trainer is not None:
+            extra += f" centralised-trainer='{args.centralised_trainer}'"
         ns = argparse.Namespace(config=[], run_config=f"backbone='{b}'{extra}", out=None)
         cfg = runner.resolve_config(ns)[1]
         set_threads(cfg)
@@ -61,7 +65,9 @@ def main(argv=None) -> int:
                      ", ".join(str(r["best_round"]) for r in runs), [r["test"] for r in runs]))
         if "centralised" in ref:
             c = ref["centralised"]
-            rows.append((f"centralised (Adam {c['lr']}, {c['epochs']} epochs)", "0",
+            how = (f"Adam {c['lr']}" if c.get("trainer", "adam") == "adam"
+                   else f"own update, shared Adam {c['lr']}")
+            rows.append((f"centralised ({how}, {c['epochs']} epochs)", "0",
                          f"epoch {c['best_epoch']}", [c["test"]]))
         for name, seeds, best, tests in rows:
             vals = " | ".join(cell([t[m] for t in tests]) for m in METRICS)

@@ -30,6 +30,7 @@ AGGREGATION_CHOICES = ("fedavg", "mean", "itemwise")
 PROTOCOL_CHOICES = ("both", "full", "sampled")
 DEVICE_CHOICES = ("cpu", "cuda")
 OPTIMIZER_CHOICES = ("", "sgd", "adam")
+CENTRAL_TRAINER_CHOICES = ("best", "groups", "adam")
 #: Parameter groups with their own optimiser keys (fedmm.models.optim.GROUPS).
 OPTIM_GROUPS = ("items", "local_items", "shared", "private")
 
@@ -277,6 +278,7 @@ class RunConfig(ConfigSection):
     select_metric: str
     centralised_epochs: int
     centralised_lr: float
+    centralised_trainer: str
     # run
     out_dir: str
     run_name: str
@@ -322,6 +324,8 @@ class RunConfig(ConfigSection):
             raise bad("centralised-epochs", "must be >= 0 (0 skips the centralised row)")
         if self.centralised_lr <= 0:
             raise bad("centralised-lr", "must be > 0")
+        if self.centralised_trainer not in CENTRAL_TRAINER_CHOICES:
+            raise bad("centralised-trainer", f"choose one of {list(CENTRAL_TRAINER_CHOICES)}")
         if self.min_interactions < 3:
             raise bad("min-interactions", "must be >= 3 (leave-one-out needs train, valid and test)")
         if self.select_metric not in self.metric_names(split="valid"):

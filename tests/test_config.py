@@ -24,7 +24,7 @@ def test_defaults_parse_and_roundtrip():
     ("backbone", "nope", "backbone"), ("fraction-train", 0.0, "fraction-train"),
     ("eval-protocol", "full", "select-metric"), ("num-server-rounds", "x", "num-server-rounds"),
     ("min-interactions", 2, "min-interactions"), ("topk", "", "topk"), ("items-lr", -1.0, "items-lr"), ("private-optimizer", "rmsprop", "private-optimizer"),
-    ("centralised-epochs", -1, "centralised-epochs"),
+    ("centralised-epochs", -1, "centralised-epochs"), ("centralised-trainer", "sgd", "centralised-trainer"),
 ])
 def test_bad_values_name_the_key(key, value, match):
     d = defaults()

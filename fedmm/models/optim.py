@@ -28,6 +28,8 @@ from torch import nn
 
 #: The parameter groups every backbone uses (some may be empty, e.g. PFedRec has no ``shared``).
 GROUPS: tuple[str, ...] = ("items", "local_items", "shared", "private")
+#: The groups that are shared (uploaded and aggregated); the others stay on the client.
+SHARED_GROUPS: tuple[str, ...] = ("items", "shared")
 #: Optimisers a group may use.
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 
