@@ -28,6 +28,17 @@ round's selection that was already selected in any earlier round). Random select
 gives a repeat near the coverage before the round, ``1 - (1 - S)^k`` after ``k`` earlier rounds;
 a sampler that keeps picking the same positives gives a repeat near 1 and a coverage near ``S``.
 
+Two more diagnostics per round: ``selection-p-selected`` and ``selection-p-all``, the mean
+predicted probability ``sigmoid(r_ui)`` (under the round's global model, before training) of
+the selected positives and of all of them (how "hard" the selection is), and
+``selection-positive-share``, the share of positives among the training examples (fixed at
+``1 / (1 + num-negatives)``: only positives are selected, negatives are drawn fresh).
+
+Selection pool of the prototype samplers (``fedsllm-pool``): ``"unseen"`` ranks only the
+positives not used in the client's current pass (kept in the private state under
+``fedsllm.pass-used``), so a pass trains on every positive once in score order, then starts
+over (:func:`clients.selection.select_top_unseen`); ``"all"`` ranks all of them every round.
+
 Negatives are sampled as usual (``num-negatives`` per selected positive), so the number of
 examples, hence the FedAvg weight, is that of the selected positives. The sampler, ``S`` and
 ``eps`` come from the train message's config (the server's ``fedsllm-*`` keys), so the
@@ -41,16 +52,19 @@ import numpy as np
 import torch
 
 from clients.base import FedRecClient, LocalSettings
-from clients.selection import (PROTOTYPE_METHODS, SCORE_FORMS, Selection, fedselect_margin,
-                               positive_loss, select_samples)
+from clients.selection import (POOLS, PROTOTYPE_METHODS, SCORE_FORMS, Selection,
+                               _sigmoid, fedselect_margin, positive_loss, select_samples)
 from fedmm.data.split import UserData
 from fedmm.models.base import FedRecModel
-from fedmm.protocol import (EPS_CFG, FEDSLLM_PAYLOAD, FRACTION_CFG, PROTOTYPE_COUNTS,
+from fedmm.protocol import (EPS_CFG, FEDSLLM_PAYLOAD, FRACTION_CFG, POOL_CFG, PROTOTYPE_COUNTS,
                             PROTOTYPES, SAMPLER_CFG, SCORE_CFG, SIMILARITY)
 
 #: Key, in the client's private state, of the uint8 ``(n,)`` mask of positives selected in any
 #: earlier round (coverage bookkeeping; never uploaded).
 SELECTED_EVER_KEY = "fedsllm.selected-ever"
+#: Key, in the private state, of the uint8 ``(n,)`` mask of positives used in the current pass
+#: of the ``fedsllm-pool = "unseen"`` rule (:func:`clients.selection.select_top_unseen`).
+PASS_USED_KEY = "fedsllm.pass-used"
 #: Keys, in the private state, of FedSelect's float32 ``(n,)`` per-positive loss after the
 #: client's last local training and its momentum meta-margin (``fedselect`` only).
 FEDSELECT_LOSS_KEY, FEDSELECT_MARGIN_KEY = "fedsllm.fedselect-loss", "fedsllm.fedselect-margin"
@@ -90,6 +104,8 @@ class FedSLLMClient(FedRecClient):
         self._fs_loss: np.ndarray | None = None    # FedSelect: loss after last local training
         self._fs_margin: np.ndarray | None = None  # FedSelect: momentum meta-margin
         self._loss_now: np.ndarray | None = None   # per-positive loss at this round's selection
+        self._pass_used: np.ndarray | None = None  # bool (n,): used in the current pass
+        self._p_stats: tuple[float, float] | None = None  # mean p of selected / all positives
 
     # ----- private state: the parameters plus the selected-ever mask -------------------------
     def private_state(self) -> dict[str, np.ndarray]:
@@ -97,6 +113,8 @@ class FedSLLMClient(FedRecClient):
         state = super().private_state()
         if self._ever is not None:
             state[SELECTED_EVER_KEY] = self._ever.astype(np.uint8)
+        if self._pass_used is not None:
+            state[PASS_USED_KEY] = self._pass_used.astype(np.uint8)
         if self._fs_loss is not None:
             state[FEDSELECT_LOSS_KEY] = self._fs_loss.astype(np.float32)
             state[FEDSELECT_MARGIN_KEY] = self._fs_margin.astype(np.float32)
@@ -112,13 +130,15 @@ class FedSLLMClient(FedRecClient):
         """
         super().load_private_state(arrays)
         n = self.data.train.size
-        for key in (SELECTED_EVER_KEY, FEDSELECT_LOSS_KEY, FEDSELECT_MARGIN_KEY):
+        for key in (SELECTED_EVER_KEY, PASS_USED_KEY, FEDSELECT_LOSS_KEY, FEDSELECT_MARGIN_KEY):
             if key in arrays and arrays[key].shape != (n,):
                 raise ValueError(f"private state '{key}' has shape {arrays[key].shape}, user "
                                  f"{self.data.user} has {n} training positives; "
                                  "the node state is from another dataset or split")
         if SELECTED_EVER_KEY in arrays:
             self._ever = np.asarray(arrays[SELECTED_EVER_KEY], dtype=bool)
+        if PASS_USED_KEY in arrays:
+            self._pass_used = np.asarray(arrays[PASS_USED_KEY], dtype=bool)
         if FEDSELECT_LOSS_KEY in arrays and FEDSELECT_MARGIN_KEY in arrays:
             self._fs_loss = np.asarray(arrays[FEDSELECT_LOSS_KEY], dtype=np.float64)
             self._fs_margin = np.asarray(arrays[FEDSELECT_MARGIN_KEY], dtype=np.float64)
@@ -186,13 +206,17 @@ class FedSLLMClient(FedRecClient):
         if needs_protos and self.prototypes is None:
             raise ValueError(f"sampler '{sampler}' needs the ArrayRecord '{FEDSLLM_PAYLOAD}' "
                              f"(prototypes and similarities) in the train message; none came")
-        score = "probability"
+        score, pool = "probability", "all"
         if needs_protos:
             score = str(config.get(SCORE_CFG, ""))
             if score not in SCORE_FORMS:
                 raise ValueError(f"train config key '{SCORE_CFG}' = {score!r}: sampler "
                                  f"'{sampler}' needs one of {list(SCORE_FORMS)} (the FedSLLM "
                                  "strategy sends it)")
+            pool = str(config.get(POOL_CFG, "all"))
+            if pool not in POOLS:
+                raise ValueError(f"train config key '{POOL_CFG}' = {pool!r}: choose one of "
+                                 f"{list(POOLS)}")
         features = None
         with torch.no_grad():
             r_items = self._logits(positives)
@@ -206,10 +230,17 @@ class FedSLLMClient(FedRecClient):
         self._loss_now = positive_loss(r_items) if sampler == "fedselect" else None
         rng = np.random.default_rng([self.settings.seed, int(config.get("server-round", 0)),
                                      self.data.user, _RANDOM_STREAM])
-        return select_samples(
+        selection = select_samples(
             sampler, r_items, fraction, rng=rng, eps=eps, score=score,
             r_protos=r_protos, sim=None if not needs_protos else self.similarity[positives],
-            margin=self._fs_margin if sampler == "fedselect" else None, features=features)
+            margin=self._fs_margin if sampler == "fedselect" else None, features=features,
+            pool=pool, used=self._pass_used if pool == "unseen" else None)
+        if selection.used is not None:
+            self._pass_used = selection.used
+        p = _sigmoid(np.asarray(r_items, dtype=np.float64))
+        self._p_stats = (float(p[selection.indices].mean()) if selection.indices.size else 0.0,
+                         float(p.mean()) if p.size else 0.0)
+        return selection
 
     def _scored(self, fn) -> np.ndarray:
         """Run ``fn`` with the model in eval mode (deterministic: FedNCF has dropout) -> numpy."""
@@ -248,7 +279,10 @@ class FedSLLMClient(FedRecClient):
         if str(config.get(SAMPLER_CFG)) == "fedselect":
             self._update_fedselect()
         metrics = {**metrics, "selection-ms": float(self._selection_ms),
-                   "selection-candidates": int(self.data.train.size)}
+                   "selection-candidates": int(self.data.train.size),
+                   "selection-positive-share": float(metrics["num-positives"]) / max(num_examples, 1)}
+        if self._p_stats is not None and str(config.get(SAMPLER_CFG)) != "base":
+            metrics["selection-p-selected"], metrics["selection-p-all"] = self._p_stats
         if self._ever is not None:
             metrics["selection-coverage"] = float(self._ever.mean())
         if self._repeat is not None:

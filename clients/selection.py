@@ -52,6 +52,7 @@ import numpy as np
 
 __all__ = [
     "FEDSELECT_MOMENTUM",
+    "POOLS",
     "PROTOTYPE_METHODS",
     "SAMPLERS",
     "SCORE_FORMS",
@@ -70,12 +71,17 @@ __all__ = [
     "select_random",
     "select_samples",
     "select_top_fraction",
+    "select_top_unseen",
 ]
 
 #: Methods whose client rule needs prototype scores ``r_protos`` and similarities ``sim``.
 PROTOTYPE_METHODS = frozenset({"fedsllm", "cluster"})
-#: Values of ``fedsllm-score``: the paper's intent (default) and Eq. 9-11 taken literally.
-SCORE_FORMS = ("probability", "literal")
+#: Values of ``fedsllm-score``: the paper's intent (default), Eq. 9-11 taken literally, and two
+#: one-factor diagnostic forms (``"hardness"``: ``1 - sigmoid(r_ui)`` alone; ``"similarity"``:
+#: ``min_j (cos(i, j) + 1) / 2`` alone; the feedback ``j*`` stays that of ``"probability"``).
+SCORE_FORMS = ("probability", "literal", "hardness", "similarity")
+#: Values of ``fedsllm-pool``: which positives the top-``S`` rule ranks (:func:`select_top_unseen`).
+POOLS = ("unseen", "all")
 #: Float tolerance of the budget ``floor(S * n)``.
 _BUDGET_TOL = 1e-9
 
@@ -136,9 +142,12 @@ def fedsllm_scores(r_items, r_protos, sim, eps: float = 1e-6,
         samples' item ids).
     eps : float, default 1e-6
         Added to the prediction gap before dividing; must be positive.
-    form : {"probability", "literal"}, default "probability"
+    form : {"probability", "literal", "hardness", "similarity"}, default "probability"
         ``"probability"``: ``s(i, j) = ((cos + 1) / 2) / (|sigmoid(r_ui) - sigmoid(r_uj)| + eps)``;
-        ``"literal"``: ``s(i, j) = cos / (|r_ui - r_uj| + eps)`` (see the module docstring).
+        ``"literal"``: ``s(i, j) = cos / (|r_ui - r_uj| + eps)`` (see the module docstring);
+        ``"hardness"`` (diagnostic): ``Score(i) = 1 - sigmoid(r_ui)``; ``"similarity"``
+        (diagnostic): ``Score(i) = min_j (cos + 1) / 2``; for these two ``jstar`` is that of
+        ``"probability"``.
 
     Returns
     -------
@@ -166,13 +175,18 @@ def fedsllm_scores(r_items, r_protos, sim, eps: float = 1e-6,
                          f"({r_items.shape[0]}, {r_protos.shape[0]}) from r_items and r_protos")
     if r_items.shape[0] == 0:
         return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
-    if form == "probability":
+    if form == "literal":
+        gap = np.abs(r_items[:, None] - r_protos[None, :])
+    else:
         sim = (np.clip(sim, -1.0, 1.0) + 1.0) / 2.0
         gap = np.abs(_sigmoid(r_items)[:, None] - _sigmoid(r_protos)[None, :])
-    else:
-        gap = np.abs(r_items[:, None] - r_protos[None, :])
     s = sim / (gap + eps)
-    return s.min(axis=1), s.argmin(axis=1).astype(np.int64)
+    jstar = s.argmin(axis=1).astype(np.int64)
+    if form == "hardness":
+        return 1.0 - _sigmoid(r_items), jstar
+    if form == "similarity":
+        return sim.min(axis=1), jstar
+    return s.min(axis=1), jstar
 
 
 def select_top_fraction(scores, fraction: float, higher_is_better: bool = True) -> np.ndarray:
@@ -196,6 +210,50 @@ def select_top_fraction(scores, fraction: float, higher_is_better: bool = True) 
     k = budget(scores.shape[0], fraction)
     order = np.argsort(-scores if higher_is_better else scores, kind="stable")
     return order[:k].astype(np.int64)
+
+
+def select_top_unseen(scores, fraction: float, used=None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``S`` among the samples not yet used in the current pass, and the updated mask.
+
+    A pass over the client's samples: each round the ``k = budget(n, fraction)`` best-scoring
+    samples among those not selected since the pass began are kept; when fewer than ``k``
+    remain, all of them are kept, a new pass starts and the rest of the budget is filled with
+    the best-scoring samples among the others. Every sample is thus trained on once every
+    ``ceil(1 / S)`` rounds of the client, in score order within a pass.
+
+    Parameters
+    ----------
+    scores : array-like or torch.Tensor
+        float, shape ``(n,)``; higher is better.
+    fraction : float
+        Kept share ``S`` in ``(0, 1]``.
+    used : array-like of bool or None, default None
+        shape ``(n,)``: samples already selected in the current pass (``None``: none).
+
+    Returns
+    -------
+    indices : numpy.ndarray
+        int64, shape ``(k,)``: the unused samples first (best first), then the new pass's.
+    used : numpy.ndarray
+        bool, shape ``(n,)``: the mask after this round (the new pass's samples only when a
+        pass ended).
+    """
+    scores = _as_numpy(scores, "scores", 1)
+    n = scores.shape[0]
+    used = np.zeros(n, dtype=bool) if used is None else np.asarray(used, dtype=bool)
+    if used.shape != (n,):
+        raise ValueError(f"used has shape {used.shape}, expected ({n},)")
+    k = budget(n, fraction)
+    order = np.argsort(-scores, kind="stable")
+    first = order[~used[order]][:k]
+    new_used = used.copy()
+    new_used[first] = True
+    if first.size < k:  # pass exhausted: start a new one with the best of the others
+        rest = order[used[order]][:k - first.size]
+        new_used = np.zeros(n, dtype=bool)
+        new_used[rest] = True
+        first = np.concatenate([first, rest])
+    return first.astype(np.int64), new_used
 
 
 def prototype_counts(jstar, num_prototypes: int) -> np.ndarray:
@@ -495,11 +553,15 @@ class Selection:
         int64, shape ``(n,)``: ``argmin_j s(i, j)`` per sample (prototype methods only).
     counts : numpy.ndarray or None
         int64, shape ``(P,)``: feedback counts to upload (prototype methods only).
+    used : numpy.ndarray or None
+        bool, shape ``(n,)``: samples used in the current pass after this selection
+        (``pool = "unseen"`` only, :func:`select_top_unseen`).
     """
 
     indices: np.ndarray
     jstar: np.ndarray | None = None
     counts: np.ndarray | None = None
+    used: np.ndarray | None = None
 
 
 def _sigmoid(r: np.ndarray) -> np.ndarray:
@@ -525,13 +587,20 @@ def _random(r_items, fraction, *, rng=None, **_unused) -> Selection:
 
 
 def _prototype(r_items, fraction, *, r_protos=None, sim=None, eps=1e-6, score="probability",
-               **_unused) -> Selection:
-    """FedSLLM rule (also used with K-Means centroids for ``"cluster"``)."""
+               pool="all", used=None, **_unused) -> Selection:
+    """FedSLLM rule (also used with K-Means centroids for ``"cluster"``): top-``S`` by
+    ``Score`` over all positives (``pool = "all"``) or over those not yet used in the current
+    pass (``pool = "unseen"``, :func:`select_top_unseen`)."""
     if r_protos is None or sim is None:
         raise ValueError("prototype-based selection needs r_protos (P,) and sim (n, P) from the "
                          "server's prototype payload")
+    if pool not in POOLS:
+        raise ValueError(f"unknown selection pool {pool!r}; choose one of {list(POOLS)}")
     score, jstar = fedsllm_scores(r_items, r_protos, sim, eps, form=score)
     counts = prototype_counts(jstar, len(_as_numpy(r_protos, "r_protos", 1)))
+    if pool == "unseen":
+        indices, new_used = select_top_unseen(score, fraction, used)
+        return Selection(indices, jstar, counts, new_used)
     return Selection(select_top_fraction(score, fraction, True), jstar, counts)
 
 
@@ -571,7 +640,7 @@ SAMPLERS: dict[str, Callable[..., Selection]] = {
 
 def select_samples(method: str, r_items, fraction: float, *, rng=None, r_protos=None, sim=None,
                    eps: float = 1e-6, score: str = "probability", margin=None,
-                   features=None) -> Selection:
+                   features=None, pool: str = "all", used=None) -> Selection:
     """Select a client's training samples with the named sampler.
 
     Parameters
@@ -598,6 +667,10 @@ def select_samples(method: str, r_items, fraction: float, *, rng=None, r_protos=
         float, shape ``(n,)``: FedSelect's meta-margin (``None``: the client's first round).
     features : array-like or None, default None
         float, shape ``(n, d)``: the scorer's item vectors of the samples (``"fale"``).
+    pool : {"all", "unseen"}, default "all"
+        Prototype methods: rank all samples, or only those not used in the current pass.
+    used : array-like of bool or None, default None
+        shape ``(n,)``: samples used in the current pass (``pool = "unseen"``).
 
     Returns
     -------
@@ -616,4 +689,4 @@ def select_samples(method: str, r_items, fraction: float, *, rng=None, r_protos=
     if method != "base":
         _check_fraction(fraction)
     return sampler(r_items, fraction, rng=rng, r_protos=r_protos, sim=sim, eps=eps, score=score,
-                   margin=margin, features=features)
+                   margin=margin, features=features, pool=pool, used=used)

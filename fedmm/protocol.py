@@ -27,7 +27,7 @@ with ``preference`` ``(N, 2)`` (server mode) or ``features`` ``(N, d)`` + ``scor
 (client mode). GFMFR train reply: metric ``rec-loss`` (and ``dis-loss`` when distilled);
 extras ``scorer/<key>`` (the private prediction-function parts, server mode). FedSLLM train
 message: config ``fedsllm-sampler``, ``fedsllm-fraction``, ``fedsllm-eps`` (and
-``fedsllm-score`` for the prototype samplers); record
+``fedsllm-score`` and ``fedsllm-pool`` for the prototype samplers); record
 ``"fedsllm"`` with ``prototypes`` ``(P, d)`` and ``similarity`` ``(N, P)``. FedSLLM train
 reply: extras ``prototype-counts`` ``(P,)`` int64.
 
@@ -96,6 +96,9 @@ PROTOTYPES, SIMILARITY, PROTOTYPE_COUNTS = "prototypes", "similarity", "prototyp
 SAMPLER_CFG, FRACTION_CFG, EPS_CFG = "fedsllm-sampler", "fedsllm-fraction", "fedsllm-eps"
 #: Train-config key of the prototype score form (``fedsllm`` and ``cluster`` samplers only).
 SCORE_CFG = "fedsllm-score"
+#: Train-config key of the prototype samplers' selection pool (``"unseen"`` or ``"all"``;
+#: absent = ``"all"``).
+POOL_CFG = "fedsllm-pool"
 
 
 def record_bytes(content: RecordDict) -> int:

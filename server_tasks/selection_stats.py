@@ -52,6 +52,11 @@ def sum_prototype_counts(counts: Sequence[np.ndarray], num_prototypes: int,
     return total
 
 
+#: Per-client selection diagnostics averaged per round (see :mod:`clients.fedsllm`).
+DIAGNOSTIC_KEYS = ("selection-coverage", "selection-repeat", "selection-p-selected",
+                   "selection-p-all", "selection-positive-share")
+
+
 def selection_overlap(metrics: Sequence[Mapping[str, Any]]) -> dict[str, float | int]:
     """Round means of the clients' optional ``selection-coverage`` / ``selection-repeat``.
 
@@ -64,12 +69,13 @@ def selection_overlap(metrics: Sequence[Mapping[str, Any]]) -> dict[str, float |
     Returns
     -------
     dict
-        ``selection-coverage`` and ``selection-repeat`` (unweighted means over the replies that
-        report them) and ``selection-repeat-clients`` (how many reported a repeat); a key with
-        no reports is left out.
+        ``selection-coverage``, ``selection-repeat``, ``selection-p-selected``,
+        ``selection-p-all`` and ``selection-positive-share`` (unweighted means over the replies
+        that report them) and ``selection-repeat-clients`` (how many reported a repeat); a key
+        with no reports is left out.
     """
     out: dict[str, float | int] = {}
-    for key in ("selection-coverage", "selection-repeat"):
+    for key in DIAGNOSTIC_KEYS:
         vals = [float(m[key]) for m in metrics if key in m]
         if vals:
             out[key] = float(np.mean(vals))

@@ -33,7 +33,9 @@ contract of :mod:`strategies.base`:
   samplers above), ``"fedsllm-fraction"`` (float ``S`` in ``(0, 1]``: share of the node's
   training positives to train on, ``max(1, floor(S * n))``), ``"fedsllm-eps"`` (float) and
   ``"fedsllm-score"`` (str, ``"probability"`` or ``"literal"``: score form of ``fedsllm`` and
-  ``cluster``, see :func:`clients.selection.fedsllm_scores`);
+  ``cluster``, see :func:`clients.selection.fedsllm_scores`) and ``"fedsllm-pool"`` (str,
+  ``"unseen"`` or ``"all"``: which positives the top-``S`` rule of ``fedsllm`` and ``cluster``
+  ranks, see :func:`clients.selection.select_top_unseen`; absent = ``"all"``);
 * train message, for ``fedsllm`` and ``cluster`` only: ArrayRecord ``"fedsllm"`` with
   ``"prototypes"`` float32 ``(P, d)`` (prototype embeddings ``e_j`` in item-embedding space)
   and ``"similarity"`` float32 ``(N, P)`` (``sim(i, j)`` for every item of the catalogue;
@@ -68,10 +70,10 @@ import numpy as np
 import pandas as pd
 from flwr.common.logger import log
 
-from clients.selection import PROTOTYPE_METHODS, SAMPLERS, SCORE_FORMS
+from clients.selection import POOLS, PROTOTYPE_METHODS, SAMPLERS, SCORE_FORMS
 from fedmm.config import ConfigSection, RunConfig
-from fedmm.protocol import (EPS_CFG, FEDSLLM_PAYLOAD, FRACTION_CFG, PROTOTYPE_COUNTS, PROTOTYPES,
-                            ReplyError, SAMPLER_CFG, SCORE_CFG, SIMILARITY, TrainReply,
+from fedmm.protocol import (EPS_CFG, FEDSLLM_PAYLOAD, FRACTION_CFG, POOL_CFG, PROTOTYPE_COUNTS,
+                            PROTOTYPES, ReplyError, SAMPLER_CFG, SCORE_CFG, SIMILARITY, TrainReply,
                             dict_to_arrays)
 from server_tasks.item_text import FEDSLLM_TEXT, item_texts
 from server_tasks.modality_cache import cached_text_embeddings
@@ -101,6 +103,7 @@ class FedSLLMConfig(ConfigSection):
     fraction: float = 0.1
     eps: float = 1e-6
     score: str = "probability"
+    pool: str = "unseen"
     llm: str = "smollm2"
     api_key_env: str = "OPENAI_API_KEY"
     llm_max_tokens: int = 160
@@ -127,6 +130,9 @@ class FedSLLMConfig(ConfigSection):
         if self.score not in SCORE_FORMS:
             raise bad("score", f"choose one of {list(SCORE_FORMS)} (\"probability\": the paper's "
                                "intent, \"literal\": Eq. 9-11 on logits and raw cosine)")
+        if self.pool not in POOLS:
+            raise bad("pool", f"choose one of {list(POOLS)} (\"unseen\": top-S among the positives "
+                              "not used in the client's current pass, \"all\": among all)")
         if self.max_prototypes < 2:
             raise bad("max_prototypes", "must be >= 2")
         for name in ("proto_update_every", "llm_max_tokens", "ae_epochs", "align_epochs"):
@@ -365,7 +371,7 @@ class FedSLLM(FedRecStrategy):
         """The sampler settings of every train message (see the module's message contract)."""
         s = self.settings
         return {SAMPLER_CFG: s.sampler, FRACTION_CFG: float(s.fraction), EPS_CFG: float(s.eps),
-                SCORE_CFG: s.score}
+                SCORE_CFG: s.score, POOL_CFG: s.pool}
 
     def train_payload(self, server_round: int, node_ids: list[int]) -> dict[int, dict[str, Any]]:
         """Prototype embeddings and item-prototype similarities (prototype samplers only)."""

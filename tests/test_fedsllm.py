@@ -147,7 +147,8 @@ def test_every_declared_key_is_read_and_defaults_parse():
     declared = sorted(k for k in cfg if k.startswith("fedsllm-"))
     assert declared == sorted(FedSLLMConfig.keys()) == sorted(FedSLLMConfig.KEYS)
     s = FedSLLMConfig.from_mapping(cfg)
-    assert (s.sampler, s.fraction, s.llm, s.score) == ("fedsllm", 0.1, "smollm2", "probability")
+    assert (s.sampler, s.fraction, s.llm, s.score, s.pool) == ("fedsllm", 0.1, "smollm2",
+                                                               "probability", "unseen")
     assert s.uses_prototypes and s.uses_autoencoder
     # the paper's initialisation for every method by default (App. B.2), off only as ablation
     for sampler in ("base", "random", "entropy", "cluster", "fedselect", "fale"):
@@ -163,6 +164,7 @@ def test_every_declared_key_is_read_and_defaults_parse():
     ("fedsllm-fraction", "lots", "not a valid float"),
     ("fedsllm-eps", 0.0, "> 0"),
     ("fedsllm-score", "logits", "choose one of.*probability.*literal"),
+    ("fedsllm-pool", "fresh", "choose one of.*unseen.*all"),
     ("fedsllm-max-prototypes", 1, ">= 2"),
     ("fedsllm-max-prototypes", 2.5, "not a valid int"),
     ("fedsllm-proto-update-every", 0, ">= 1"),
@@ -272,7 +274,8 @@ def test_train_messages_carry_prototypes_and_similarities(tmp_path):
         cfg = dict(msg.content["config"])
         assert cfg == {"x": 1, "server-round": 3, "aggregation": "fedavg",
                        "fedsllm-sampler": "fedsllm", "fedsllm-fraction": 0.1,
-                       "fedsllm-eps": 1e-6, "fedsllm-score": "probability"}
+                       "fedsllm-eps": 1e-6, "fedsllm-score": "probability",
+                       "fedsllm-pool": "unseen"}
         payload = arrays_to_dict(msg.content["fedsllm"])
         assert payload["prototypes"].shape == (3, DIM) and payload["prototypes"].dtype == np.float32
         assert payload["similarity"].shape == (20, 3) and payload["similarity"].dtype == np.float32
@@ -480,7 +483,8 @@ def test_coverage_and_repeat_follow_the_selections_across_rounds(sampler):
         _client().load_private_state({"fedsllm.selected-ever": np.ones(3, dtype=np.uint8)})
 
 
-def _federated_rounds(sampler: str, score: str, rounds: int = 8) -> tuple[float, float]:
+def _federated_rounds(sampler: str, score: str, rounds: int = 8,
+                      pool: str = "all") -> tuple[float, float]:
     """One client trained for ``rounds`` rounds, the model changing with its own training: each
     round's global item table is the previous round's upload, the similarities are recomputed
     from it (as the server does) and the private state is carried over. Returns the mean
@@ -502,7 +506,8 @@ def _federated_rounds(sampler: str, score: str, rounds: int = 8) -> tuple[float,
         sim = cosine_similarity_matrix(params[0], protos).astype(np.float32)
         client.receive({"fedsllm": {"prototypes": protos, "similarity": sim}}, {})
         params, _, metrics = client.fit(params, _config(sampler, 0.1, **{
-            "server-round": t, "aggregation": "fedavg", "fedsllm-score": score}))
+            "server-round": t, "aggregation": "fedavg", "fedsllm-score": score,
+            "fedsllm-pool": pool}))
         state = client.private_state()
         repeats += [metrics["selection-repeat"]] if "selection-repeat" in metrics else []
         coverage = metrics["selection-coverage"]
@@ -518,6 +523,69 @@ def test_probability_score_moves_the_selection_between_rounds():
     assert lit_repeat > 0.9 and lit_cov < 0.2
     assert new_repeat < 0.5 * lit_repeat and new_repeat < rnd_repeat
     assert new_cov > 3 * lit_cov
+
+
+def test_unseen_pool_trains_every_positive_once_per_pass():
+    """Default pool: S = 10 % of 60 positives, 6 per round, none repeated for 10 rounds, so the
+    coverage reaches 1 in 10 rounds (random: about 1 - 0.9^10 = 65 %); the "all" pool (the
+    earlier rule) re-selects some of the previous rounds' positives."""
+    repeat, coverage = _federated_rounds("fedsllm", "probability", rounds=10, pool="unseen")
+    assert repeat == 0.0 and coverage == 1.0
+    all_repeat, all_cov = _federated_rounds("fedsllm", "probability", rounds=10, pool="all")
+    assert all_repeat > 0 and all_cov < 1.0
+    rnd_repeat, rnd_cov = _federated_rounds("random", "probability", rounds=10)
+    assert rnd_repeat > 0 and rnd_cov < 1.0
+
+
+def test_unseen_pool_keeps_its_pass_in_the_private_state():
+    payload = _payload()
+    first = _client()
+    first.receive(payload, {})
+    first.fit(_global_params(), _config("fedsllm", **{"fedsllm-pool": "unseen"}))
+    state = first.private_state()
+    used = state["fedsllm.pass-used"]
+    assert used.dtype == np.uint8 and used.sum() == 5
+    assert sorted(np.flatnonzero(used)) == sorted(first.selection.indices.tolist())
+    second = _client(model_seed=1)
+    second.load_private_state(state)
+    second.receive(payload, {})
+    _, _, m2 = second.fit(_global_params(), _config("fedsllm", **{
+        "server-round": 2, "fedsllm-pool": "unseen"}))
+    assert not set(second.selection.indices.tolist()) & set(np.flatnonzero(used).tolist())
+    assert m2["selection-repeat"] == 0.0 and m2["selection-coverage"] == 0.5
+    assert second.private_state()["fedsllm.pass-used"].sum() == 10
+    with pytest.raises(ValueError, match="pass-used' has shape \\(3,\\)"):
+        _client().load_private_state({"fedsllm.pass-used": np.ones(3, dtype=np.uint8)})
+    bad = _client()
+    bad.receive(payload, {})
+    with pytest.raises(ValueError, match="'fedsllm-pool' = 'fresh'"):
+        bad.fit(_global_params(), _config("cluster", **{"fedsllm-pool": "fresh"}))
+
+
+@pytest.mark.parametrize("sampler", ["fedsllm", "random", "entropy", "base"])
+def test_selection_diagnostics_hardness_and_positive_share(sampler):
+    """``selection-p-selected`` / ``selection-p-all``: mean predicted probability of the
+    selected and of all positives under the round's global model; the positive share of the
+    training examples is 1 / (1 + num-negatives) whatever the sampler."""
+    client = _client()
+    client.receive(_payload() if sampler == "fedsllm" else {}, {})
+    params = _global_params()
+    ref = _client()
+    ref.set_parameters(params)
+    ref.model.eval()
+    with torch.no_grad():
+        p = torch.sigmoid(ref.model(torch.as_tensor(ref.data.train))).double().numpy()
+    _, num_examples, m = client.fit(params, _config(sampler))
+    assert m["selection-positive-share"] == pytest.approx(1 / 3)      # num_negatives = 2
+    assert m["num-positives"] * 3 == num_examples
+    if sampler == "base":
+        assert "selection-p-selected" not in m and "selection-p-all" not in m
+        return
+    assert m["selection-p-all"] == pytest.approx(p.mean(), rel=1e-5)
+    assert m["selection-p-selected"] == pytest.approx(p[client.selection.indices].mean(), rel=1e-5)
+    got = selection_overlap([m])
+    assert got["selection-p-selected"] == m["selection-p-selected"]
+    assert got["selection-positive-share"] == pytest.approx(1 / 3)
 
 
 def test_fedselect_keeps_its_margin_in_the_private_state():

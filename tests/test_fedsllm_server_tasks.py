@@ -21,6 +21,7 @@ from clients.selection import (
     positive_loss,
     select_fale,
     select_fedselect,
+    select_top_unseen,
     prototype_counts,
     select_entropy,
     select_least_confidence,
@@ -450,6 +451,49 @@ def test_fedsllm_probability_form_hand_example():
     assert jstar.tolist() == [1]
     with pytest.raises(ValueError, match="unknown FedSLLM score form 'logit'"):
         fedsllm_scores(r_items, r_protos, sim, form="logit")
+
+
+def test_one_factor_score_forms_hand_example():
+    """Diagnostic forms: hardness ``1 - sigmoid(r)`` alone, similarity ``min_j (cos + 1) / 2``
+    alone; ``jstar`` (the uploaded feedback) stays that of the probability form."""
+    r_items, r_protos, sim = [2.0, -1.0, 0.0], [0.0, 1.0], [[0.6, -0.2], [0.0, 0.8], [1.0, 0.4]]
+    _, j_prob = fedsllm_scores(r_items, r_protos, sim, eps=0.1)
+    hard, j_hard = fedsllm_scores(r_items, r_protos, sim, eps=0.1, form="hardness")
+    np.testing.assert_allclose(hard, 1 - 1 / (1 + np.exp(-np.array(r_items))))
+    simi, j_sim = fedsllm_scores(r_items, r_protos, sim, eps=0.1, form="similarity")
+    np.testing.assert_allclose(simi, [0.4, 0.5, 0.7])
+    assert j_hard.tolist() == j_sim.tolist() == j_prob.tolist()
+    assert select_top_fraction(hard, 0.67).tolist() == [1, 2]   # least-predicted positives
+    assert select_top_fraction(simi, 0.67).tolist() == [2, 1]
+
+
+def test_select_top_unseen_passes_over_every_sample_in_score_order():
+    scores = np.array([0.1, 0.9, 0.5, 0.7, 0.3, 0.8, 0.2])   # rank: 1 5 3 2 4 6 0
+    idx, used = select_top_unseen(scores, 0.3)              # k = floor(2.1) = 2
+    assert idx.tolist() == [1, 5] and used.tolist() == [0, 1, 0, 0, 0, 1, 0]
+    idx, used = select_top_unseen(scores, 0.3, used)
+    assert idx.tolist() == [3, 2] and used.sum() == 4
+    idx, used = select_top_unseen(scores, 0.3, used)
+    assert idx.tolist() == [4, 6] and used.sum() == 6
+    # one left in this pass: it, then the best of a new pass; the mask holds the new pass only
+    idx, used = select_top_unseen(scores, 0.3, used)
+    assert idx.tolist() == [0, 1] and used.tolist() == [0, 1, 0, 0, 0, 0, 0]
+    # an exactly exhausted pass starts over at the top
+    full = np.ones(7, dtype=bool)
+    idx, used = select_top_unseen(scores, 0.3, full)
+    assert idx.tolist() == [1, 5] and used.sum() == 2
+    # the pool "all" rule (select_top_fraction) would repeat [1, 5] every round
+    assert select_top_fraction(scores, 0.3).tolist() == [1, 5]
+    with pytest.raises(ValueError, match="used has shape"):
+        select_top_unseen(scores, 0.3, np.zeros(3, dtype=bool))
+    # through the registry: "unseen" returns the mask, "all" does not
+    r, rp, sim = np.zeros(7), np.zeros(1), np.zeros((7, 1))
+    sel = select_samples("fedsllm", r, 0.3, r_protos=rp, sim=sim, pool="unseen",
+                         used=np.array([1, 0, 0, 0, 0, 0, 0], bool))
+    assert sel.indices.tolist() == [1, 2] and sel.used.sum() == 3
+    assert select_samples("fedsllm", r, 0.3, r_protos=rp, sim=sim).used is None
+    with pytest.raises(ValueError, match="unknown selection pool 'fresh'"):
+        select_samples("fedsllm", r, 0.3, r_protos=rp, sim=sim, pool="fresh")
 
 
 def test_fedselect_margin_and_draws_hand_example():
