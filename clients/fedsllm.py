@@ -280,7 +280,9 @@ class FedSLLMClient(FedRecClient):
             self._update_fedselect()
         metrics = {**metrics, "selection-ms": float(self._selection_ms),
                    "selection-candidates": int(self.data.train.size),
-                   "selection-positive-share": float(metrics["num-positives"]) / max(num_examples, 1)}
+                   # (positives: num-examples / (1 + num-negatives); train replies carry no count)
+                   "selection-positive-share": (num_examples // (1 + self.settings.num_negatives))
+                   / max(num_examples, 1)}
         if self._p_stats is not None and str(config.get(SAMPLER_CFG)) != "base":
             metrics["selection-p-selected"], metrics["selection-p-all"] = self._p_stats
         if self._ever is not None:
