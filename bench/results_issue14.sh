@@ -12,7 +12,8 @@
 #   bash bench/results_issue14.sh fedsllm        # PFedRec, S = 10 %, 2 local epochs, 200 rounds: 7
 #                                                # samplers at seed 0; base / random / fedsllm at 1, 2
 #   bash bench/results_issue14.sh fedsllm-ml1m   # ML-1M PFedRec, FedSLLM and Random, 100 rounds, seed 0
-#   bash bench/results_issue14.sh fedncf         # FedNCF alone and + GFMFR, seed 0, 200 rounds
+#   bash bench/results_issue14.sh fedncf         # FedNCF alone and + GFMFR, 5 local epochs, 200 rounds,
+#                                                # seeds $SEEDS (default 0 1 2)
 # Tables: bench/tables.py --row NAME=RUN_DIR,... (--max-round 100 for the 100-round rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +54,9 @@ case $PART in
     run fedsllm-ml1m --seeds 0 --config conf/fedsllm-ml1m.toml -c "num-server-rounds=100 eval-every=20 run-name='fedsllm'"
     run fedsllm-ml1m --seeds 0 --config conf/fedsllm-ml1m.toml -c "num-server-rounds=100 eval-every=20 fedsllm-sampler='random' run-name='random'" ;;
   fedncf)
-    run gfmfr --seeds 0 --config conf/gfmfr-baseline-fedncf.toml -c "$G run-name='baseline-fedncf-le5'"
-    run gfmfr --seeds 0 --config conf/gfmfr-fedncf.toml -c "$G run-name='fedncf-le5'" ;;
+    for s in ${SEEDS:-0 1 2}; do
+      run gfmfr --seeds $s --config conf/gfmfr-baseline-fedncf.toml -c "$G run-name='baseline-fedncf-le5'"
+      run gfmfr --seeds $s --config conf/gfmfr-fedncf.toml -c "$G run-name='fedncf-le5'"
+    done ;;
   *) echo "unknown part '$PART'" >&2; exit 2 ;;
 esac
