@@ -260,6 +260,23 @@ def mask_vector(state: SecAggPlusState, configs: ConfigRecord,
     return parameters_mod(out, state.mod_range)
 
 
+def _client_params(state: SecAggPlusState, configs: ConfigRecord) -> SecAggParams:
+    """The client's SecAgg+ parameters: the server's setup (in ``state``) and collect stage."""
+    return SecAggParams(clipping_range=state.clipping_range,
+                        quantization_range=state.target_range, modulus_range=state.mod_range,
+                        max_weight=state.max_weight, max_count=float(configs[MAX_COUNT_KEY]))
+
+
+def _masked_record(state: SecAggPlusState, configs: ConfigRecord,
+                   encoded: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """The ArrayRecord ``secagg-masked`` of an encoded vector (:func:`mask_vector` on it)."""
+    masked = mask_vector(state, configs, list(encoded.values()))
+    # Residues mod 2**32 fit in 4 bytes: the upload is then as large as a float32 one.
+    dtype = np.uint32 if state.mod_range <= 2 ** 32 else np.int64
+    return ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=dtype))
+                        for k, v in zip(encoded, masked)})
+
+
 def _masked_reply(state: SecAggPlusState, configs: ConfigRecord, reply: RecordDict,
                   msg: Message, ctxt: Context) -> RecordDict:
     """The reply of stage 3: the ClientApp's reply with ``"arrays"`` (and the summed extras)
@@ -278,20 +295,13 @@ def _masked_reply(state: SecAggPlusState, configs: ConfigRecord, reply: RecordDi
     missing = [k for k in sum_keys if k not in extras]
     if missing:
         raise ValueError(f"secure aggregation: the reply lacks extras {missing} to sum")
-    params = SecAggParams(clipping_range=state.clipping_range,
-                          quantization_range=state.target_range, modulus_range=state.mod_range,
-                          max_weight=state.max_weight, max_count=float(configs[MAX_COUNT_KEY]))
+    params = _client_params(state, configs)
     seed = _rounding_seed(state, msg, ctxt)
     encoded = encode_update(arrays, float(reply[METRICS][NUM_EXAMPLES]), params,
                             aggregation=aggregation, item_key=str(configs[ITEM_KEY]),
                             item_counts=extras.get(ITEM_COUNTS),
                             sums={k: extras[k] for k in sum_keys}, seed=seed)
-    masked = mask_vector(state, configs, list(encoded.values()))
-    # Residues mod 2**32 fit in 4 bytes: the upload is then as large as a float32 one.
-    dtype = np.uint32 if state.mod_range <= 2 ** 32 else np.int64
-    out = RecordDict({METRICS: reply[METRICS],
-                      SECAGG_MASKED: ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=dtype))
-                                                  for k, v in zip(encoded, masked)})})
+    out = RecordDict({METRICS: reply[METRICS], SECAGG_MASKED: _masked_record(state, configs, encoded)})
     clear = {k: v for k, v in extras.items()
              if k not in sum_keys and not (aggregation == "itemwise" and k == ITEM_COUNTS)}
     if clear:
@@ -313,15 +323,10 @@ def _masked_eval_reply(state: SecAggPlusState, configs: ConfigRecord, reply: Rec
     """Stage 3 of a secure evaluation (see :func:`_masked_reply`)."""
     metrics = dict(reply[METRICS])
     names = sorted(k for k in metrics if k != NUM_EXAMPLES)
-    params = SecAggParams(clipping_range=state.clipping_range,
-                          quantization_range=state.target_range, modulus_range=state.mod_range,
-                          max_weight=state.max_weight, max_count=float(configs[MAX_COUNT_KEY]))
+    params = _client_params(state, configs)
     encoded = encode_update({EVAL_METRICS: np.array([float(metrics[k]) for k in names])}, 1.0,
                             params, aggregation="mean", seed=_rounding_seed(state, msg, ctxt))
-    masked = mask_vector(state, configs, list(encoded.values()))
-    dtype = np.uint32 if state.mod_range <= 2 ** 32 else np.int64
-    return RecordDict({SECAGG_MASKED: ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=dtype))
-                                                   for k, v in zip(encoded, masked)}),
+    return RecordDict({SECAGG_MASKED: _masked_record(state, configs, encoded),
                        METRIC_NAMES: ConfigRecord({"names": names})})
 
 
