@@ -358,6 +358,22 @@ def wait_for_stopped_run(run_dir: Path, why: str, timeout: float = STOP_WAIT) ->
             "stop")
 
 
+def federation_entries(num_users: int, extra: str) -> str:
+    """The ``--federation-config`` string: one node per user and 1 CPU per client actor,
+    unless ``extra`` (the user's entries, ``key=value`` separated by spaces) sets them; flwr
+    refuses a key given twice."""
+    entries = {"num-supernodes": str(num_users), "client-resources-num-cpus": "1"}
+    for item in extra.split():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--federation-config: '{item}' is not key=value")
+        if key == "num-supernodes" and value != str(num_users):
+            raise SystemExit(f"--federation-config: num-supernodes={value}, but the dataset "
+                             f"has {num_users} users and each is one node; leave it out")
+        entries[key] = value
+    return " ".join(f"{k}={v}" for k, v in entries.items())
+
+
 def run_one(cfg: dict, rc, num_users: int, federation_config: str, timeout: float | None,
             superlink: str | None = None, resume: bool = False) -> dict:
     """One ``flwr run`` of the raw config ``cfg`` (typed: ``rc``); returns the run's final.json.
@@ -382,7 +398,7 @@ def run_one(cfg: dict, rc, num_users: int, federation_config: str, timeout: floa
     if superlink:
         cmd += [superlink, "--run-config", conf_path, "--stream"]
     else:
-        fed = f"num-supernodes={num_users} client-resources-num-cpus=1 {federation_config}".strip()
+        fed = federation_entries(num_users, federation_config)
         cmd += ["--run-config", conf_path, "--federation-config", fed, "--stream"]
     print(f"$ {' '.join(cmd)}", flush=True)
     try:

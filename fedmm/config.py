@@ -261,6 +261,7 @@ class RunConfig(ConfigSection):
     max_eval_failures: float
     round_timeout: float
     node_timeout: float
+    sim_indexed_dispatch: bool
     # secure aggregation (SecAgg+, fedmm/secagg.py)
     secagg: bool
     secagg_num_shares: float

@@ -17,6 +17,7 @@ from fedmm.config import RunConfig
 from fedmm.factory import data_for, model_for, set_threads
 from fedmm.outputs import RunRecorder, format_table, hold_run_dir, new_run_dir, summarize
 from fedmm.protocol import dict_to_arrays
+from fedmm.sim_dispatch import index_grid_dispatch
 from strategies.factory import build_strategy
 
 app = ServerApp()
@@ -60,6 +61,8 @@ def resume_dir(cfg: RunConfig, run_config: Mapping[str, Any]) -> Path:
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_mapping(context.run_config)
     set_threads(cfg)
+    if cfg.sim_indexed_dispatch and index_grid_dispatch(grid):
+        log(INFO, "fedmm: simulation engine: per-node message index on (fedmm/sim_dispatch.py)")
     data = data_for(cfg)
     if cfg.resume_round:
         run_dir = (Path(cfg.out_dir).expanduser() / cfg.run_name).resolve()

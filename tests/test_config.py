@@ -75,3 +75,16 @@ def test_method_sections_have_typed_defaults_equal_to_pyproject():
     assert GFMFRConfig(groups=3).groups == 3
     with pytest.raises(ConfigError, match="'gfmfr-groups' = 0: must be >= 1"):
         GFMFRConfig(groups=0)
+
+
+def test_run_py_federation_entries_let_the_user_override_its_defaults():
+    import run
+
+    assert run.federation_entries(943, "") == "num-supernodes=943 client-resources-num-cpus=1"
+    # flwr refuses a key given twice: the user's value replaces run.py's
+    assert run.federation_entries(943, "client-resources-num-cpus=2 client-resources-num-gpus=0.25") \
+        == "num-supernodes=943 client-resources-num-cpus=2 client-resources-num-gpus=0.25"
+    with pytest.raises(SystemExit, match="each is one node"):
+        run.federation_entries(943, "num-supernodes=10")
+    with pytest.raises(SystemExit, match="not key=value"):
+        run.federation_entries(943, "client-resources-num-cpus")
