@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -61,6 +62,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--backbones", nargs="+", default=["fedmf", "fedncf", "pfedrec", "fedrap", "fedpergnn"])
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--federation-config", default="",
+                    help="extra flwr federation entries, e.g. 'client-resources-num-gpus=0.25' "
+                         "(4 client actors share one GPU)")
+    ap.add_argument("--engine", default="simulation", choices=["simulation", "inprocess"])
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed-cpu.json"))
     args = ap.parse_args()
     results = {}
@@ -78,7 +83,10 @@ def main() -> int:
         th.start()
         cmd = [sys.executable, str(ROOT / "run.py"), "--out", str(outdir), "--run-config",
                f"backbone='{b}' num-server-rounds={args.rounds} eval-every={args.rounds} "
-               f"device='{args.device}' run-name='{b}'"]
+               f"device='{args.device}' run-name='{b}' centralised-epochs=0",
+               "--engine", args.engine]
+        if args.federation_config:
+            cmd += ["--federation-config", args.federation_config]
         t = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.time() - t
@@ -90,7 +98,9 @@ def main() -> int:
         run_dir = outdir / f"{b}-s0"  # run.py names each run <run-name>-s<seed>
         rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
         train = [r["train-seconds"] for r in rounds[1:]]
+        found = re.search(r"users of \d+ of \d+ nodes known \(([\d.]+) s\)", proc.stdout + proc.stderr)
         results[b] = {
+            "user_discovery_s": float(found.group(1)) if found else None,
             "median_train_round_s": statistics.median(train),
             "full_eval_flower_s": rounds[-1]["eval-seconds"],
             "full_eval_compute_s": inprocess_eval_seconds(b, args.device),
@@ -99,6 +109,8 @@ def main() -> int:
             "bytes_up_per_client": rounds[-1]["bytes-up-per-client"],
             "run_wall_s": wall,
             "rounds": args.rounds,
+            "engine": args.engine,
+            "federation_config": args.federation_config,
         }
         print(b, json.dumps(results[b]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
