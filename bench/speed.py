@@ -29,16 +29,38 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+RUN_PROCESS_MARKS = ("flwr", "flower-", "ray::", "raylet", "gcs_server", "ray/", "run.py")
+
+
 def tree_rss() -> int:
     """RSS (bytes) of every process that belongs to the run: run.py's children, the SuperLink and
-    everything it spawned (simulation, Ray)."""
+    everything it spawned (simulation, Ray). Pages shared between processes (torch's libraries in
+    every actor) count once per process: see :func:`tree_memory` for PSS."""
     total = 0
     for p in psutil.process_iter(["cmdline", "memory_info"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if any(s in cmd for s in ("flwr", "flower-", "ray::", "raylet", "gcs_server", "ray/", "run.py")):
+        if any(s in cmd for s in RUN_PROCESS_MARKS):
             mi = p.info["memory_info"]
             total += mi.rss if mi else 0
     return total
+
+
+def tree_memory() -> dict[str, int]:
+    """Bytes over the run's processes: ``rss`` (sum of RSS), ``pss`` (sum of proportional set
+    sizes: shared pages split among the processes that map them, so the sum is what the run
+    holds), ``largest`` (the largest single process's RSS)."""
+    out = {"rss": 0, "pss": 0, "largest": 0}
+    for p in psutil.process_iter(["cmdline"]):
+        if not any(s in " ".join(p.info["cmdline"] or []) for s in RUN_PROCESS_MARKS):
+            continue
+        try:
+            m = p.memory_full_info()
+        except (psutil.Error, OSError):
+            continue
+        out["rss"] += m.rss
+        out["pss"] += m.pss
+        out["largest"] = max(out["largest"], m.rss)
+    return out
 
 
 def inprocess_eval_seconds(backbone: str, device: str) -> float:
@@ -71,12 +93,13 @@ def main() -> int:
     results = {}
     outdir = ROOT / "outputs" / "bench" / time.strftime("%Y%m%d-%H%M%S")
     for b in args.backbones:
-        peak = [0]
+        peak = {"rss": 0, "pss": 0, "largest": 0}
         stop = threading.Event()
 
         def sample() -> None:
             while not stop.is_set():
-                peak[0] = max(peak[0], tree_rss())
+                for k, v in tree_memory().items():
+                    peak[k] = max(peak[k], v)
                 time.sleep(0.5)
 
         th = threading.Thread(target=sample, daemon=True)
@@ -104,7 +127,9 @@ def main() -> int:
             "median_train_round_s": statistics.median(train),
             "full_eval_flower_s": rounds[-1]["eval-seconds"],
             "full_eval_compute_s": inprocess_eval_seconds(b, args.device),
-            "peak_rss_gb": peak[0] / 2**30,
+            "peak_rss_gb": peak["rss"] / 2**30,
+            "peak_pss_gb": peak["pss"] / 2**30,
+            "peak_largest_process_gb": peak["largest"] / 2**30,
             "bytes_down_per_client": rounds[-1]["bytes-down-per-client"],
             "bytes_up_per_client": rounds[-1]["bytes-up-per-client"],
             "run_wall_s": wall,
