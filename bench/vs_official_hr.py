@@ -137,6 +137,11 @@ def _f(x, nd=4) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
 
 
+def _hr_ndcg(m: dict) -> str:
+    """``HR@10 x NDCG@10 y`` of a metrics dict (``-`` for a missing value)."""
+    return f"HR@10 {_f(m.get('hr@10'))} NDCG@10 {_f(m.get('ndcg@10'))}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--official-log", type=Path)
@@ -162,14 +167,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"  run {i}: {o['rounds']} rounds{'' if o['finished'] else ' (UNFINISHED)'}; {o['selection']}")
         v = o.get("valid") or {}
-        print(f"    selected round {o['best_round']}: test HR@10 {_f(o['test']['hr@10'])} NDCG@10 "
-              f"{_f(o['test']['ndcg@10'])} (valid HR@10 {_f(v.get('hr@10'))} NDCG@10 {_f(v.get('ndcg@10'))})")
-        print(f"    last round {o['last_round']}: test HR@10 {_f(o['last_test']['hr@10'])} "
-              f"NDCG@10 {_f(o['last_test']['ndcg@10'])}")
+        print(f"    selected round {o['best_round']}: test {_hr_ndcg(o['test'])} (valid {_hr_ndcg(v)})")
+        print(f"    last round {o['last_round']}: test {_hr_ndcg(o['last_test'])}")
         if "reported_by_train_py" in o:
             rp = o["reported_by_train_py"]
-            print(f"    train.py's own 'Best test': HR@10 {_f(rp['hr@10'])} NDCG@10 {_f(rp['ndcg@10'])} "
-                  f"round {rp['round']}")
+            print(f"    train.py's own 'Best test': {_hr_ndcg(rp)} round {rp['round']}")
         print(f"    seconds per round: median {_f(o['median_round_seconds'], 2)} (train "
               f"{_f(o['median_train_seconds'], 2)} + eval {_f(o['median_eval_seconds'], 2)}), mean "
               f"{_f(o['mean_round_seconds'], 2)}; logged {_f(o['logged_seconds'], 1)} s after "
@@ -183,16 +185,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"  run {i}: {o['rounds']} rounds, status {o['status']}; test at the round chosen by "
               f"{o['select_metric']} ({Path(o['run_dir']).name})")
-        print(f"    selected round {o['best_round']}: test HR@10 {_f(o['test']['hr@10'])} NDCG@10 "
-              f"{_f(o['test']['ndcg@10'])} (valid HR@10 {_f(o['valid']['hr@10'])} NDCG@10 "
-              f"{_f(o['valid']['ndcg@10'])}; full-ranking test HR@10 {_f(o['test_full']['hr@10'])} "
-              f"NDCG@10 {_f(o['test_full']['ndcg@10'])})")
+        print(f"    selected round {o['best_round']}: test {_hr_ndcg(o['test'])} (valid "
+              f"{_hr_ndcg(o['valid'])}; full-ranking test {_hr_ndcg(o['test_full'])})")
         if "official_rule" in o:
             r = o["official_rule"]
-            print(f"    official rule (last max valid HR@10), round {r['round']}: test HR@10 "
-                  f"{_f(r['hr@10'])} NDCG@10 {_f(r['ndcg@10'])}")
-        print(f"    last round {o['last_round']}: test HR@10 {_f(o['last_test']['hr@10'])} "
-              f"NDCG@10 {_f(o['last_test']['ndcg@10'])}")
+            print(f"    official rule (last max valid HR@10), round {r['round']}: test {_hr_ndcg(r)}")
+        print(f"    last round {o['last_round']}: test {_hr_ndcg(o['last_test'])}")
         print(f"    seconds per round: median {_f(o.get('median_round_seconds'), 2)} (train "
               f"{_f(o['median_train_seconds'], 2)}; an evaluation adds {_f(o['median_eval_seconds'], 2)}), "
               f"mean {_f(o.get('mean_round_seconds'), 2)}; run wall {_f(o['wall_seconds'], 1)} s")
