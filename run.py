@@ -122,6 +122,11 @@ class ResumeError(ValueError):
     """``--resume RUN_DIR`` cannot continue that directory (nothing was changed)."""
 
 
+#: Keys whose default is not what fedmm did before the key existed: a run saved before then is
+#: resumed with the old behaviour (its split, e.g.), not the new default.
+PRE_KEY_BEHAVIOUR = {"split-ties": "item-id"}
+
+
 def resume_config(run_dir: str | Path):
     """The raw and typed run config that continues ``run_dir``: its ``config.json`` (keys
     declared in pyproject.toml; keys it lacks, added to fedmm since, take their defaults, with
@@ -162,9 +167,11 @@ def resume_config(run_dir: str | Path):
     defaults = load_app_config(APP_DIR / "pyproject.toml")
     missing = sorted(set(defaults) - set(saved))
     if missing:
+        legacy = {k_: PRE_KEY_BEHAVIOUR[k_] for k_ in missing if k_ in PRE_KEY_BEHAVIOUR}
         print(f"warning: {run_dir}/config.json lacks {missing} (keys added to fedmm since); "
-              "their defaults are used", file=sys.stderr)
-    cfg = {k_: saved.get(k_, v) for k_, v in defaults.items()}
+              f"their defaults are used" + (f", except {legacy}: what fedmm did before the key "
+                                             "existed" if legacy else ""), file=sys.stderr)
+    cfg = {k_: saved.get(k_, PRE_KEY_BEHAVIOUR.get(k_, v)) for k_, v in defaults.items()}
     cfg["resume-round"] = k
     target = Path(cfg["out-dir"]).expanduser().resolve() / str(cfg["run-name"])
     if target != run_dir:
@@ -495,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg, rc = resume_config(args.resume) if args.resume else resolve_config(args)
-        data = load_federated(rc.dataset, rc.rating_threshold, rc.min_interactions, rc.cache_dir)
+        data = load_federated(rc.dataset, rc.rating_threshold, rc.min_interactions, rc.cache_dir, rc.split_ties)
     except (ConfigError, DataError, ResumeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,10 +14,8 @@
 #    recbole's ml-100k.inter (the same 100,000 ratings) only when absent;
 #  * pandas 2.x (pandas 3's copy-on-write silently skips data.py's chained assignment that binarises
 #    the ratings, so BCE would train on targets 1..5): pip-installed once into $OFFICIAL_DEPS;
-#  * a launcher (written below) restores Python <= 3.10's random.sample on sets (removed in 3.11;
-#    data.py samples negatives from sets; same draws as 3.10: tuple(set)), stubs tensorboardX
-#    (imported, never used), and without CUDA makes .cuda() a no-op and passes --use_cuda ''
-#    (engine.py calls .cuda() unconditionally in places; type=bool makes '' the only False).
+#  * bench/official_launcher.py restores Python <= 3.10's random.sample on sets, stubs tensorboardX
+#    and, without CUDA, makes .cuda() a no-op (its docstring says why).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -81,36 +79,8 @@ fi
 if ! PYTHONPATH="$OFFICIAL_DEPS" "$PY" -c "import pandas, pytz, sys; sys.exit(pandas.__version__ >= '3')" 2>/dev/null; then
   "$PY" -m pip install -q --target "$OFFICIAL_DEPS" --no-deps "pandas==2.3.3" pytz
 fi
-cat > "$WORK/run_official.py" <<'EOF'
-"""Launcher: python run_official.py SRC_DIR [train.py args]; runs SRC_DIR/train.py unmodified."""
-import collections.abc, os, random, runpy, sys, types
 
-src = sys.argv[1]
-os.chdir(src)
-sys.path.insert(0, src)
-_sample = random.sample
-def _sample_310(population, k, *, counts=None):   # Python 3.10: sets are sampled as tuple(set)
-    if isinstance(population, collections.abc.Set):
-        population = tuple(population)
-    return _sample(population, k, counts=counts)
-random.sample = _sample_310
-try:
-    import tensorboardX  # noqa: F401
-except ImportError:
-    stub = types.ModuleType("tensorboardX")
-    stub.SummaryWriter = None                      # engine.py imports it; its use is commented out
-    sys.modules["tensorboardX"] = stub
-import torch
-extra = []
-if not torch.cuda.is_available():
-    torch.Tensor.cuda = lambda self, *a, **k: self
-    torch.nn.Module.cuda = lambda self, *a, **k: self
-    extra = ["--use_cuda", ""]
-sys.argv = ["train.py"] + sys.argv[2:] + extra
-runpy.run_path("train.py", run_name="__main__")
-EOF
-
-OFFICIAL_CMD="nice -n $NICE $PY $WORK/run_official.py $SRC --dataset ml-100k --clients_sample_ratio 0.1 --num_round $ROUNDS"
+OFFICIAL_CMD="nice -n $NICE $PY $ROOT/bench/official_launcher.py $SRC --dataset ml-100k --clients_sample_ratio 0.1 --num_round $ROUNDS"
 FEDMM_CMD="nice -n $NICE $PY run.py -c 'num-server-rounds=$ROUNDS eval-every=10 centralised-epochs=0' --out $OUT/fedmm-runs"
 rm -f "$OUT/official.log" "$OUT/fedmm.log"
 {

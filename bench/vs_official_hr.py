@@ -32,8 +32,11 @@ def _ts(s: str) -> float:
     return datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def parse_official(text: str) -> list[dict]:
-    """One dict per run found in the (appended) console output of train.py."""
+def parse_official(text: str, summarise: bool = True) -> list[dict]:
+    """One dict per run found in the (appended) console output of train.py.
+
+    ``summarise=False``: the raw per-run dicts (``test`` / ``valid``: round -> (HR@10, NDCG@10),
+    rounds counted from 0 as train.py logs them) instead of :func:`summarise_official`'s rows."""
     runs: list[dict] = []
     cur = None
     for line in text.splitlines():
@@ -61,7 +64,7 @@ def parse_official(text: str) -> list[dict]:
             cur["end"] = t
         elif (r := re.match(r"Best test hr: ([\d.]+), ndcg: ([\d.]+) at round (\d+)", msg)):
             cur["reported"] = (float(r.group(1)), float(r.group(2)), int(r.group(3)))
-    return [summarise_official(r) for r in runs]
+    return [summarise_official(r) for r in runs] if summarise else runs
 
 
 def summarise_official(r: dict) -> dict:

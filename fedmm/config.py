@@ -29,6 +29,8 @@ METHOD_CHOICES = ("base", "gfmfr", "fedsllm")
 AGGREGATION_CHOICES = ("fedavg", "mean", "itemwise")
 PROTOCOL_CHOICES = ("both", "full", "sampled")
 DEVICE_CHOICES = ("cpu", "cuda")
+#: How the split orders a user's ratings with equal timestamps (fedmm.data.split, step 4).
+TIE_CHOICES = ("file-order", "item-id")
 OPTIMIZER_CHOICES = ("", "sgd", "adam")
 CENTRAL_TRAINER_CHOICES = ("best", "groups", "adam")
 #: Parameter groups with their own optimiser keys (fedmm.models.optim.GROUPS).
@@ -247,6 +249,7 @@ class RunConfig(ConfigSection):
     dataset: str
     rating_threshold: float
     min_interactions: int
+    split_ties: str
     cache_dir: str
     # model
     backbone: str
@@ -329,6 +332,8 @@ class RunConfig(ConfigSection):
             raise bad("centralised-trainer", f"choose one of {list(CENTRAL_TRAINER_CHOICES)}")
         if self.min_interactions < 3:
             raise bad("min-interactions", "must be >= 3 (leave-one-out needs train, valid and test)")
+        if self.split_ties not in TIE_CHOICES:
+            raise bad("split-ties", f"choose one of {list(TIE_CHOICES)}")
         if self.select_metric not in self.metric_names(split="valid"):
             raise bad("select-metric", f"must be one of the validation metrics this protocol "
                                        f"produces: {self.metric_names(split='valid')}")

@@ -14,7 +14,8 @@ from fedmm.models.base import FedRecModel
 
 def data_for(cfg: RunConfig):
     """The (per-process cached) split of ``cfg.dataset``."""
-    return load_federated(cfg.dataset, cfg.rating_threshold, cfg.min_interactions, cfg.cache_dir)
+    return load_federated(cfg.dataset, cfg.rating_threshold, cfg.min_interactions, cfg.cache_dir,
+                          cfg.split_ties)
 
 
 def model_for(cfg: RunConfig, num_items: int, user: int | None = None,

@@ -326,6 +326,12 @@ def _centralised_row(cfg, data: FederatedData, trainer: str,
              "negatives": cfg.local.num_negatives, "eval-negatives": cfg.local.num_eval_negatives,
              "topk": list(topk), "protocols": list(protocols), "select": cfg.select_metric,
              "epochs": cfg.centralised_epochs, "lr": cfg.centralised_lr}
+    # Added keys only where they differ from what every earlier row was made with, so those
+    # rows keep their keys: the split's tie rule, and same-init (private parts' initial values).
+    if cfg.split_ties != "item-id":
+        stamp["ties"] = cfg.split_ties
+    if cfg.same_init:
+        stamp["same-init"] = True
     # The "adam" trainer is the one of stamp v1, bit for bit (same RNG draws in the same order),
     # so its rows keep their v1 keys; the "groups" trainer adds what it depends on.
     settings = CentralSettings(epochs=cfg.centralised_epochs, lr=cfg.centralised_lr,

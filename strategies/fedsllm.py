@@ -254,7 +254,7 @@ class FedSLLM(FedRecStrategy):
 
         settings = FedSLLMConfig.from_mapping(run_config)
         side = load_item_side(cfg.dataset, cfg.rating_threshold, cfg.min_interactions,
-                              cfg.cache_dir)
+                              cfg.cache_dir, cfg.split_ties)
         if len(side.items) != data.num_items:
             raise ValueError(f"item table of {cfg.dataset} has {len(side.items)} rows but the "
                              f"split has {data.num_items} items; delete the split cache")

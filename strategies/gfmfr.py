@@ -267,7 +267,8 @@ class GFMFR(FedRecStrategy):
 
         settings = GFMFRConfig.from_mapping(run_config)
         t = time.perf_counter()
-        side = load_item_side(cfg.dataset, cfg.rating_threshold, cfg.min_interactions, cfg.cache_dir)
+        side = load_item_side(cfg.dataset, cfg.rating_threshold, cfg.min_interactions, cfg.cache_dir,
+                              cfg.split_ties)
         if len(side.items) != data.num_items:
             raise ValueError(f"item side information has {len(side.items)} rows but the split has "
                              f"{data.num_items} items; delete the stale cache under "

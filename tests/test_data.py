@@ -34,6 +34,36 @@ def test_leave_one_out_by_timestamp_no_leakage():
     assert list(side.items["raw_id"]) == list(ids)
 
 
+def test_equal_timestamps_are_ordered_by_the_tie_rule():
+    # user "a" rated items 3, 1 and 2 in one second (in that file order) after item 4, and item
+    # 5 in that same second, last in the file; user "b": items 2 and 1 at one time after 3.
+    rows = [("a", "4", 5, 1), ("a", "3", 5, 9), ("b", "3", 4, 1), ("a", "1", 4, 9),
+            ("b", "2", 4, 7), ("a", "2", 3, 9), ("b", "1", 2, 7), ("a", "5", 3, 9)]
+    ids = lambda d, u: (d.item_ids[d.user(u).valid], d.item_ids[d.user(u).test])  # noqa: E731
+    by_file, _ = build_split(_raw(rows), 0.0, 3)                       # default: file-order
+    assert ids(by_file, 0) == ("2", "5") and ids(by_file, 1) == ("2", "1")
+    assert [by_file.item_ids[i] for i in by_file.user(0).train] == ["4", "3", "1"]
+    by_id, _ = build_split(_raw(rows), 0.0, 3, ties="item-id")
+    assert ids(by_id, 0) == ("3", "5") and ids(by_id, 1) == ("1", "2")
+    assert [by_id.item_ids[i] for i in by_id.user(0).train] == ["4", "1", "2"]
+    with pytest.raises(ValueError, match="ties='random'"):
+        build_split(_raw(rows), 0.0, 3, ties="random")
+
+
+def test_split_cache_is_keyed_by_the_tie_rule(tmp_path):
+    d = tmp_path / "gl"
+    d.mkdir()
+    (d / "u.data").write_text("".join(f"1\t{i}\t5\t100\n" for i in (3, 1, 2, 4)))
+    flags = "|".join(["0"] * 19)
+    (d / "u.item").write_text("".join(f"{i}|Movie {i} (1990)|01-Jan-1990||x|{flags}\n" for i in range(1, 5)))
+    ds, cache = f"grouplens:{d}", str(tmp_path / "c")
+    a = load_federated(ds, 0.0, 3, cache, "file-order")
+    b = load_federated(ds, 0.0, 3, cache, "item-id")
+    assert (a.item_ids[a.test[0]], b.item_ids[b.test[0]]) == ("4", "4")
+    assert (a.item_ids[a.valid[0]], b.item_ids[b.valid[0]]) == ("2", "3")
+    assert len(list((tmp_path / "c" / "splits").glob("*.npz"))) == 2
+
+
 def test_threshold_and_min_interactions_filter():
     rows = [("a", "1", 5, 1), ("a", "2", 4, 2), ("a", "3", 3, 3), ("b", "1", 5, 1), ("b", "2", 5, 2)]
     data, _ = build_split(_raw(rows), rating_threshold=0.0, min_interactions=3)

@@ -174,7 +174,7 @@ def test_reference_rows_best_picks_the_validation_better_trainer_and_caches_each
                 "backbone": "fedmf", "embedding-dim": 8, "centralised-epochs": 2,
                 "centralised-trainer": "best"})
     cfg = RunConfig.from_mapping(raw)
-    data = load_federated(cfg.dataset, cfg.rating_threshold, cfg.min_interactions, cfg.cache_dir)
+    data = load_federated(cfg.dataset, cfg.rating_threshold, cfg.min_interactions, cfg.cache_dir, cfg.split_ties)
     trained: list[str] = []
     valid = {"groups": 0.3, "adam": 0.6}
 

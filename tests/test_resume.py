@@ -260,3 +260,24 @@ def test_truncate_jsonl_drops_later_rounds_and_a_cut_line(tmp_path):
     assert truncate_jsonl(path, 2) == 2
     assert path.read_text() == '{"round": 1}\n{"round": 2}\n{"event": "x"}\n'
     assert truncate_jsonl(tmp_path / "none.jsonl", 2) == 0
+
+
+def test_a_run_saved_before_split_ties_existed_resumes_on_its_old_split(tmp_path, monkeypatch, capsys):
+    """config.json without ``split-ties`` (runs before the key): the resumed run keeps the
+    item-id tie rule it was made with, not the new default, and says so."""
+    import fedmm.checkpoint
+    import run
+    from fedmm.config import load_app_config
+
+    monkeypatch.setattr(fedmm.checkpoint, "checkpoint_round", lambda d: 2)
+    for name, saved_ties, expect in (("old", None, "item-id"), ("new", "file-order", "file-order")):
+        d = tmp_path / name
+        d.mkdir()
+        cfg = {**load_app_config(ROOT / "pyproject.toml"), "out-dir": str(tmp_path), "run-name": name}
+        del cfg["split-ties"]
+        if saved_ties is not None:
+            cfg["split-ties"] = saved_ties
+        (d / "config.json").write_text(json.dumps(cfg))
+        raw, rc = run.resume_config(d)
+        assert raw["split-ties"] == expect and rc.split_ties == expect and rc.resume_round == 2
+    assert "except {'split-ties': 'item-id'}" in capsys.readouterr().err
