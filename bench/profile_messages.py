@@ -36,7 +36,7 @@ def main(argv=None) -> int:
             f"{args.run_config} num-server-rounds={args.rounds} eval-every={args.rounds} "
             "run-name='profile' checkpoint-every=0"))
         cfg, rc = runner.resolve_config(ns)
-        data = load_federated(rc.dataset, rc.rating_threshold, rc.min_interactions, rc.cache_dir)
+        data = load_federated(rc.dataset, rc.rating_threshold, rc.min_interactions, rc.cache_dir, rc.split_ties)
         prof = cProfile.Profile()
         prof.enable()
         run_inprocess(cfg, data.num_users)
