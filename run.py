@@ -122,11 +122,6 @@ class ResumeError(ValueError):
     """``--resume RUN_DIR`` cannot continue that directory (nothing was changed)."""
 
 
-#: Keys whose default is not what fedmm did before the key existed: a run saved before then is
-#: resumed with the old behaviour (its split, e.g.), not the new default.
-PRE_KEY_BEHAVIOUR = {"split-ties": "item-id"}
-
-
 def resume_config(run_dir: str | Path):
     """The raw and typed run config that continues ``run_dir``: its ``config.json`` (keys
     declared in pyproject.toml; keys it lacks, added to fedmm since, take their defaults, with
@@ -139,7 +134,7 @@ def resume_config(run_dir: str | Path):
         config cannot be loaded or names another directory (the run was moved).
     """
     from fedmm.checkpoint import checkpoint_round
-    from fedmm.config import ConfigError, load_app_config
+    from fedmm.config import PRE_KEY_BEHAVIOUR, ConfigError, load_app_config
 
     run_dir = Path(run_dir).expanduser().resolve()
     if not run_dir.is_dir():

@@ -112,6 +112,9 @@ def main(argv=None) -> int:
     cfg = runner.resolve_config(ns)[1]
     out = run_replica(cfg, args.eval_every or cfg.eval_every, args.metric)
     out.pop("history")
+    # the settings that decide which reference rows belong beside it (bench/replica_table.py)
+    out["config"] = {"split-ties": cfg.split_ties, "same-init": cfg.same_init,
+                     "aggregation": cfg.aggregation}
     print(json.dumps(out))
     return 0
 

@@ -37,6 +37,9 @@ def main(argv=None) -> int:
     p.add_argument("--centralised-lr", type=float, default=None)
     p.add_argument("--centralised-trainer", choices=("best", "groups", "adam"), default=None,
                    help="default: the run config's centralised-trainer")
+    p.add_argument("-c", "--run-config", default="",
+                   help="overrides for the reference rows, as the runs had them (e.g. "
+                        "\"split-ties='item-id' same-init=false\" for runs of the old defaults)")
     args = p.parse_args(argv)
     import run as runner
     from fedmm.factory import data_for, set_threads
@@ -55,11 +58,17 @@ def main(argv=None) -> int:
             extra += f" centralised-lr={args.centralised_lr}"
         if args.centralised_trainer is not None:
             extra += f" centralised-trainer='{args.centralised_trainer}'"
-        ns = argparse.Namespace(config=[], run_config=f"backbone='{b}'{extra}", out=None)
+        ns = argparse.Namespace(config=[], run_config=f"{args.run_config} backbone='{b}'{extra}", out=None)
         cfg = runner.resolve_config(ns)[1]
+        runs = [json.loads(f.read_text().splitlines()[-1]) for f in files]
+        mine = {"split-ties": cfg.split_ties, "same-init": cfg.same_init, "aggregation": cfg.aggregation}
+        for f, r in zip(files, runs):
+            differ = {k: (v, mine[k]) for k, v in r.get("config", {}).items() if mine.get(k) != v}
+            if differ:
+                raise SystemExit(f"{f} was run with {differ} (run, reference rows): pass the run's "
+                                 "settings with -c so its floor and ceiling sit on the same split")
         set_threads(cfg)
         ref = reference_rows(cfg, data_for(cfg))
-        runs = [json.loads(f.read_text().splitlines()[-1]) for f in files]
         rows = [("MostPop (floor)", "–", "–", [ref["mostpop"]["test"]])]
         rows.append(("federated (replica)", str(len(runs)),
                      ", ".join(str(r["best_round"]) for r in runs), [r["test"] for r in runs]))

@@ -31,6 +31,9 @@ PROTOCOL_CHOICES = ("both", "full", "sampled")
 DEVICE_CHOICES = ("cpu", "cuda")
 #: How the split orders a user's ratings with equal timestamps (fedmm.data.split, step 4).
 TIE_CHOICES = ("file-order", "item-id")
+#: Keys whose default is not what fedmm did before the key existed: a run saved before then
+#: (its config.json lacks the key) is resumed with the old behaviour (its split), not the default.
+PRE_KEY_BEHAVIOUR = {"split-ties": "item-id"}
 OPTIMIZER_CHOICES = ("", "sgd", "adam")
 CENTRAL_TRAINER_CHOICES = ("best", "groups", "adam")
 #: Parameter groups with their own optimiser keys (fedmm.models.optim.GROUPS).

@@ -13,7 +13,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedmm.checkpoint import CheckpointError, checkpoint_round
-from fedmm.config import RunConfig
+from fedmm.config import PRE_KEY_BEHAVIOUR, RunConfig
 from fedmm.factory import data_for, model_for, set_threads
 from fedmm.outputs import RunRecorder, format_table, hold_run_dir, new_run_dir, summarize
 from fedmm.protocol import dict_to_arrays
@@ -48,6 +48,7 @@ def resume_dir(cfg: RunConfig, run_config: Mapping[str, Any]) -> Path:
         saved = json.loads((run_dir / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{run_dir}/config.json cannot be read: {exc}") from None
+    saved = {**{k: v for k, v in PRE_KEY_BEHAVIOUR.items() if k not in saved}, **saved}
     changed = sorted(k for k, v in run_config.items()
                      if k not in RESUMABLE_CHANGES and k in saved and saved[k] != v)
     if changed:

@@ -281,3 +281,25 @@ def test_a_run_saved_before_split_ties_existed_resumes_on_its_old_split(tmp_path
         raw, rc = run.resume_config(d)
         assert raw["split-ties"] == expect and rc.split_ties == expect and rc.resume_round == 2
     assert "except {'split-ties': 'item-id'}" in capsys.readouterr().err
+
+
+def test_flwr_resume_of_a_run_saved_before_split_ties_refuses_the_new_split(tmp_path, monkeypatch):
+    """``flwr run ... resume-round=k`` without run.py: the ServerApp's check reads a saved config
+    without ``split-ties`` as the item-id split it was made with, so file-order is a change."""
+    import fedmm.server_app as sa
+    from fedmm.config import RunConfig, load_app_config
+
+    monkeypatch.setattr(sa, "checkpoint_round", lambda d: 2)
+    d = tmp_path / "old"
+    d.mkdir()
+    saved = {**load_app_config(ROOT / "pyproject.toml"), "out-dir": str(tmp_path), "run-name": "old"}
+    del saved["split-ties"]
+    (d / "config.json").write_text(json.dumps(saved))
+    for ties, ok in (("item-id", True), ("file-order", False)):
+        run_config = {**saved, "split-ties": ties, "resume-round": 2}
+        cfg = RunConfig.from_mapping(run_config)
+        if ok:
+            assert sa.resume_dir(cfg, run_config) == d.resolve()
+        else:
+            with pytest.raises(CheckpointError, match="split-ties"):
+                sa.resume_dir(cfg, run_config)
