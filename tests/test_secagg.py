@@ -252,7 +252,9 @@ def test_round_survives_dropouts_after_share_keys(tmp_path, tiny_grouplens, monk
     # Two nodes die while training (after sharing keys), one more before unmasking: 6 sampled,
     # threshold 3 of 6 shares.
     app = dropping_app({Stage.COLLECT_MASKED_VECTORS: 2, Stage.UNMASK: 1})
-    cfg, raw = make_cfg(tiny_grouplens, tmp_path, "secagg=true min-train-replies=3")
+    # fedavg: the expected average below weights by num-examples (mean is covered above)
+    cfg, raw = make_cfg(tiny_grouplens, tmp_path,
+                        "secagg=true min-train-replies=3 aggregation='fedavg'")
     strategy, arrays, grid = run_strategy(cfg, raw, 1, app=app)
     rec = strategy.history[0]
     assert rec["failures"] == 2 and len(rec["failed-users"]) == 2
