@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from vs_official_hr import parse_official  # noqa: E402
+from vs_official_hr import official_pick, parse_official  # noqa: E402
 
 # patch name -> (file, old text, new text); CRLF files are matched after normalising to LF.
 PATCHES = {
@@ -81,7 +81,7 @@ def select(run: dict, upto: int) -> dict:
     """Test HR@10/NDCG@10 at the official rule and at fedmm's rule over rounds < ``upto``."""
     valid = {r: v for r, v in run["valid"].items() if r < upto}
     test = run["test"]
-    official = max(valid, key=lambda r: (valid[r][0], r))          # last max valid HR (>=)
+    official = official_pick(valid)
     every20 = [r for r in valid if (r + 1) % 20 == 0]               # fedmm: rounds 20, 40, ...
     ours = max(every20, key=lambda r: (valid[r][1], -r)) if every20 else None
     out = {"rounds": upto, "official_rule": {"round": official + 1, "test_hr@10": test[official][0],

@@ -104,6 +104,12 @@ def run_replica(cfg, eval_every: int, metric: str = "sampled_hr@10", log=print) 
             "history": history, "seconds": time.time() - t0}
 
 
+def run_settings(cfg) -> dict:
+    """The settings of ``cfg`` that decide which reference rows belong beside a run (split and
+    initial/aggregation defaults), as recorded in the result JSON for bench/replica_table.py."""
+    return {"split-ties": cfg.split_ties, "same-init": cfg.same_init, "aggregation": cfg.aggregation}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import run as runner
@@ -113,8 +119,7 @@ def main(argv=None) -> int:
     out = run_replica(cfg, args.eval_every or cfg.eval_every, args.metric)
     out.pop("history")
     # the settings that decide which reference rows belong beside it (bench/replica_table.py)
-    out["config"] = {"split-ties": cfg.split_ties, "same-init": cfg.same_init,
-                     "aggregation": cfg.aggregation}
+    out["config"] = run_settings(cfg)
     print(json.dumps(out))
     return 0
 

@@ -42,6 +42,7 @@ def main(argv=None) -> int:
                         "\"split-ties='item-id' same-init=false\" for runs of the old defaults)")
     args = p.parse_args(argv)
     import run as runner
+    from bench.replica import run_settings
     from fedmm.factory import data_for, set_threads
     from fedmm.reference import reference_rows
 
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
         ns = argparse.Namespace(config=[], run_config=f"{args.run_config} backbone='{b}'{extra}", out=None)
         cfg = runner.resolve_config(ns)[1]
         runs = [json.loads(f.read_text().splitlines()[-1]) for f in files]
-        mine = {"split-ties": cfg.split_ties, "same-init": cfg.same_init, "aggregation": cfg.aggregation}
+        mine = run_settings(cfg)
         for f, r in zip(files, runs):
             differ = {k: (v, mine[k]) for k, v in r.get("config", {}).items() if mine.get(k) != v}
             if differ:

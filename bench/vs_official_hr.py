@@ -67,6 +67,12 @@ def parse_official(text: str, summarise: bool = True) -> list[dict]:
     return [summarise_official(r) for r in runs] if summarise else runs
 
 
+def official_pick(valid: dict) -> int:
+    """train.py's selection: the last round with the highest validation HR@10 (``>=``);
+    ``valid``: round -> (HR@10, NDCG@10)."""
+    return max(valid, key=lambda k: (valid[k][0], k))
+
+
 def summarise_official(r: dict) -> dict:
     rounds = sorted(r["round_start"])
     end = r["end"] if r["end"] is not None else r.get("last")
@@ -86,10 +92,7 @@ def summarise_official(r: dict) -> dict:
     last = max(test)
     out["last_round"], out["last_test"] = last, dict(zip(("hr@10", "ndcg@10"), test[last]))
     if r["valid"]:
-        best_hr, best = -1.0, None
-        for k in sorted(r["valid"]):           # train.py: val_hit_ratio >= best_val_hr
-            if r["valid"][k][0] >= best_hr:
-                best_hr, best = r["valid"][k][0], k
+        best = official_pick(r["valid"])
         out["selection"] = "test at the last round with the highest validation HR@10 (official rule)"
         out["best_round"], out["valid"] = best, dict(zip(("hr@10", "ndcg@10"), r["valid"][best]))
     else:
