@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from clients.base import FedRecClient, LocalSettings
-from clients.selection import (POOLS, PROTOTYPE_METHODS, SCORE_FORMS, Selection,
+from clients.selection import (PASS_METHODS, POOLS, PROTOTYPE_METHODS, SCORE_FORMS, Selection,
                                _sigmoid, fedselect_margin, positive_loss, select_samples)
 from fedmm.data.split import UserData
 from fedmm.models.base import FedRecModel
@@ -234,7 +234,8 @@ class FedSLLMClient(FedRecClient):
             sampler, r_items, fraction, rng=rng, eps=eps, score=score,
             r_protos=r_protos, sim=None if not needs_protos else self.similarity[positives],
             margin=self._fs_margin if sampler == "fedselect" else None, features=features,
-            pool=pool, used=self._pass_used if pool == "unseen" else None)
+            pool=pool, used=(self._pass_used if pool == "unseen" or sampler in PASS_METHODS
+                             else None))
         if selection.used is not None:
             self._pass_used = selection.used
         p = _sigmoid(np.asarray(r_items, dtype=np.float64))

@@ -25,7 +25,10 @@ positives: Random, Entropy (highest binary entropy), Margin (smallest ``|2p - 1|
 Least-confidence (lowest ``max(p, 1 - p)``); ``"cluster"`` is the FedSLLM rule with K-Means
 centroids as prototypes (the server sends different vectors, the client rule is the same);
 ``"fedselect"`` (:func:`select_fedselect`) and ``"fale"`` (:func:`select_fale`) adapt the two
-federated data-selection papers the FedSLLM paper compares with; ``"base"`` keeps every sample.
+federated data-selection papers the FedSLLM paper compares with; ``"random-pass"``
+(:func:`select_random_pass`) is FedSLLM's selection pass in a random order (the same
+without-replacement schedule as ``fedsllm-pool = "unseen"``, no Score: the fair baseline for
+"does the Score add anything"); ``"base"`` keeps every sample.
 
 Conventions (deterministic):
 
@@ -52,6 +55,7 @@ import numpy as np
 
 __all__ = [
     "FEDSELECT_MOMENTUM",
+    "PASS_METHODS",
     "POOLS",
     "PROTOTYPE_METHODS",
     "SAMPLERS",
@@ -69,6 +73,7 @@ __all__ = [
     "select_least_confidence",
     "select_margin",
     "select_random",
+    "select_random_pass",
     "select_samples",
     "select_top_fraction",
     "select_top_unseen",
@@ -76,6 +81,8 @@ __all__ = [
 
 #: Methods whose client rule needs prototype scores ``r_protos`` and similarities ``sim``.
 PROTOTYPE_METHODS = frozenset({"fedsllm", "cluster"})
+#: Methods that always keep a pass mask (the client sends ``used`` whatever ``fedsllm-pool``).
+PASS_METHODS = frozenset({"random-pass"})
 #: Values of ``fedsllm-score``: the paper's intent (default), Eq. 9-11 taken literally, and two
 #: one-factor diagnostic forms (``"hardness"``: ``1 - sigmoid(r_ui)`` alone; ``"similarity"``:
 #: ``min_j (cos(i, j) + 1) / 2`` alone; the feedback ``j*`` stays that of ``"probability"``).
@@ -315,6 +322,36 @@ def select_random(probs_or_n, fraction: float, rng=None) -> np.ndarray:
     n = int(probs_or_n) if np.isscalar(probs_or_n) else len(_as_numpy(probs_or_n, "probs", 1))
     k = budget(n, fraction)
     return np.sort(_rng(rng).choice(n, size=k, replace=False)).astype(np.int64)
+
+
+def select_random_pass(n: int, fraction: float, used=None,
+                       rng=None) -> tuple[np.ndarray, np.ndarray]:
+    """A selection pass in random order: :func:`select_top_unseen` on uniform random scores.
+
+    Every sample is kept once every ``ceil(1 / S)`` rounds of the client (as with FedSLLM's
+    ``fedsllm-pool = "unseen"``), in an order drawn afresh each round instead of by Score.
+
+    Parameters
+    ----------
+    n : int
+        Number of local samples.
+    fraction : float
+        Kept share ``S`` in ``(0, 1]``.
+    used : array-like of bool or None, default None
+        shape ``(n,)``: samples already selected in the current pass (``None``: none).
+    rng : numpy.random.Generator, int or None, default None
+        Random source (an int is a seed).
+
+    Returns
+    -------
+    indices : numpy.ndarray
+        int64, shape ``(k,)``.
+    used : numpy.ndarray
+        bool, shape ``(n,)``: the pass mask after this round.
+    """
+    if int(n) < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return select_top_unseen(_rng(rng).random(int(n)), fraction, used)
 
 
 def _binary_entropy(p: np.ndarray) -> np.ndarray:
@@ -586,6 +623,13 @@ def _random(r_items, fraction, *, rng=None, **_unused) -> Selection:
     return Selection(select_random(_as_numpy(r_items, "r_items", 1), fraction, rng))
 
 
+def _random_pass(r_items, fraction, *, rng=None, used=None, **_unused) -> Selection:
+    """Registry adapter of :func:`select_random_pass`."""
+    n = _as_numpy(r_items, "r_items", 1).shape[0]
+    indices, new_used = select_random_pass(n, fraction, used, rng)
+    return Selection(indices, used=new_used)
+
+
 def _prototype(r_items, fraction, *, r_protos=None, sim=None, eps=1e-6, score="probability",
                pool="all", used=None, **_unused) -> Selection:
     """FedSLLM rule (also used with K-Means centroids for ``"cluster"``): top-``S`` by
@@ -628,6 +672,7 @@ def _fale(r_items, fraction, *, rng=None, features=None, **_unused) -> Selection
 SAMPLERS: dict[str, Callable[..., Selection]] = {
     "base": _base,
     "random": _random,
+    "random-pass": _random_pass,
     "entropy": _uncertainty(select_entropy),
     "margin": _uncertainty(select_margin),
     "least-confidence": _uncertainty(select_least_confidence),
@@ -646,7 +691,7 @@ def select_samples(method: str, r_items, fraction: float, *, rng=None, r_protos=
     Parameters
     ----------
     method : str
-        A key of :data:`SAMPLERS`: ``"base"``, ``"random"``, ``"entropy"``, ``"margin"``,
+        A key of :data:`SAMPLERS`: ``"base"``, ``"random"``, ``"random-pass"``, ``"entropy"``, ``"margin"``,
         ``"least-confidence"``, ``"fedsllm"``, ``"cluster"``, ``"fedselect"`` or ``"fale"``.
     r_items : array-like or torch.Tensor
         float, shape ``(n,)``: logits ``r_ui`` of the user's training positives (uncertainty
@@ -654,7 +699,7 @@ def select_samples(method: str, r_items, fraction: float, *, rng=None, r_protos=
     fraction : float
         Kept share ``S`` in ``(0, 1]`` (ignored by ``"base"``).
     rng : numpy.random.Generator, int or None, default None
-        Used by ``"random"``, ``"fedselect"`` and ``"fale"``.
+        Used by ``"random"``, ``"random-pass"``, ``"fedselect"`` and ``"fale"``.
     r_protos : array-like or None, default None
         float, shape ``(P,)``: logits of the prototype embeddings (prototype methods).
     sim : array-like or None, default None
@@ -670,7 +715,8 @@ def select_samples(method: str, r_items, fraction: float, *, rng=None, r_protos=
     pool : {"all", "unseen"}, default "all"
         Prototype methods: rank all samples, or only those not used in the current pass.
     used : array-like of bool or None, default None
-        shape ``(n,)``: samples used in the current pass (``pool = "unseen"``).
+        shape ``(n,)``: samples used in the current pass (``pool = "unseen"``, and
+        ``"random-pass"`` always).
 
     Returns
     -------

@@ -17,7 +17,8 @@ Flower's. Server-side work, all without client data:
   the prototypes from the current ones and the counts summed since the last revision. Neither
   runs after the last round (nothing would use it).
 
-Baselines at the same fraction ``S`` (``fedsllm-sampler``): ``random``, ``entropy``,
+Baselines at the same fraction ``S`` (``fedsllm-sampler``): ``random``, ``random-pass`` (the
+selection pass of ``fedsllm-pool = "unseen"`` in a random order), ``entropy``,
 ``margin``, ``least-confidence`` (client-side, on the model's probabilities, no payload),
 ``fedselect`` and ``fale`` (client-side, see :mod:`clients.selection`), ``cluster`` (K-Means
 centroids of the current item table as prototype vectors, refreshed on the same schedule, no

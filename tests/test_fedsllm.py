@@ -535,6 +535,9 @@ def test_unseen_pool_trains_every_positive_once_per_pass():
     assert all_repeat > 0 and all_cov < 1.0
     rnd_repeat, rnd_cov = _federated_rounds("random", "probability", rounds=10)
     assert rnd_repeat > 0 and rnd_cov < 1.0
+    # the same pass in a random order: same coverage, no payload needed
+    pass_repeat, pass_cov = _federated_rounds("random-pass", "probability", rounds=10)
+    assert pass_repeat == 0.0 and pass_cov == 1.0
 
 
 def test_unseen_pool_keeps_its_pass_in_the_private_state():

@@ -27,6 +27,7 @@ from clients.selection import (
     select_least_confidence,
     select_margin,
     select_random,
+    select_random_pass,
     select_samples,
     select_top_fraction,
 )
@@ -552,6 +553,28 @@ def test_counts_sum_to_n_and_budget_rule():
         prototype_counts([0, 2], 2)
 
 
+def test_random_pass_covers_every_sample_once_per_pass_in_a_drawn_order():
+    """n = 7, S = 0.3 (k = 2): rounds 1-3 take 6 distinct samples, round 4 takes the last one
+    and starts a new pass with one more; the order is the seed's, not the index order."""
+    used, seen, orders = None, [], []
+    for r in range(4):
+        idx, used = select_random_pass(7, 0.3, used, rng=np.random.default_rng([0, r]))
+        assert len(idx) == 2
+        seen.append(idx.tolist())
+    assert len(set(sum(seen[:3], []))) == 6                       # no repeat within the pass
+    assert set(sum(seen, [])) == set(range(7))                    # the pass covered everything
+    assert used.sum() == 1 and seen[3][1] in np.flatnonzero(used)  # the new pass began
+    again = [select_random_pass(7, 0.3, None, rng=np.random.default_rng([0, 0]))[0].tolist() for _ in range(2)]
+    assert again[0] == again[1] == seen[0]                        # seeded: deterministic
+    for seed in range(20):
+        orders.append(tuple(select_random_pass(7, 0.3, None, rng=seed)[0].tolist()))
+    assert len(set(orders)) > 5                                   # not a fixed order
+    sel = select_samples("random-pass", np.zeros(7), 0.3, rng=1, used=used)
+    assert sel.used is not None and not set(sel.indices.tolist()) & set(np.flatnonzero(used))
+    with pytest.raises(ValueError, match="used has shape"):
+        select_random_pass(7, 0.3, np.zeros(3, dtype=bool))
+
+
 def test_uncertainty_and_random_baselines_hand_example():
     probs = np.array([0.9, 0.5, 0.2, 0.65, 0.01])
     # |p - 0.5| = [0.4, 0, 0.3, 0.15, 0.49]: the two most uncertain are items 1 then 3
@@ -567,8 +590,8 @@ def test_uncertainty_and_random_baselines_hand_example():
 
 def test_select_samples_registry():
     logits = np.array([3.0, 0.0, -1.5, 0.6, -5.0])
-    assert set(SAMPLERS) == {"base", "random", "entropy", "margin", "least-confidence",
-                             "fedsllm", "cluster", "fedselect", "fale"}
+    assert set(SAMPLERS) == {"base", "random", "random-pass", "entropy", "margin",
+                             "least-confidence", "fedsllm", "cluster", "fedselect", "fale"}
     assert select_samples("entropy", logits, 0.4).indices.tolist() == [1, 3]
     assert select_samples("base", logits, 0.1).indices.tolist() == [0, 1, 2, 3, 4]
     assert len(select_samples("random", logits, 0.4, rng=0).indices) == 2
