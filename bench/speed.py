@@ -29,30 +29,47 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-RUN_PROCESS_MARKS = ("flwr", "flower-", "ray::", "raylet", "gcs_server", "ray/", "run.py")
+#: Command-line marks of the Flower and Ray processes a run starts (the SuperLink, the simulation
+#: process, Ray's daemons and actors). run.py itself is found by pid, not by name: another
+#: run.py on the machine (an in-process run, say) is not part of the measured run.
+RUN_PROCESS_MARKS = ("flwr", "flower-", "ray::", "raylet", "gcs_server", "ray/")
 
 
-def tree_rss() -> int:
-    """RSS (bytes) of every process that belongs to the run: run.py's children, the SuperLink and
-    everything it spawned (simulation, Ray). Pages shared between processes (torch's libraries in
-    every actor) count once per process: see :func:`tree_memory` for PSS."""
+def run_processes(root: int | None = None) -> list[psutil.Process]:
+    """The run's processes: ``root`` (the launched run.py) and its descendants, and every process
+    whose command line carries one of :data:`RUN_PROCESS_MARKS`; each once."""
+    found: dict[int, psutil.Process] = {}
+    if root is not None:
+        try:
+            top = psutil.Process(root)
+            for p in [top, *top.children(recursive=True)]:
+                found[p.pid] = p
+        except psutil.Error:
+            pass
+    for p in psutil.process_iter(["cmdline"]):
+        if any(s in " ".join(p.info["cmdline"] or []) for s in RUN_PROCESS_MARKS):
+            found.setdefault(p.pid, p)
+    return list(found.values())
+
+
+def tree_rss(root: int | None = None) -> int:
+    """Sum of RSS (bytes) over :func:`run_processes`. Pages shared between processes (torch's
+    libraries in every actor) count once per process: see :func:`tree_memory` for PSS."""
     total = 0
-    for p in psutil.process_iter(["cmdline", "memory_info"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if any(s in cmd for s in RUN_PROCESS_MARKS):
-            mi = p.info["memory_info"]
-            total += mi.rss if mi else 0
+    for p in run_processes(root):
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            continue
     return total
 
 
-def tree_memory() -> dict[str, int]:
-    """Bytes over the run's processes: ``rss`` (sum of RSS), ``pss`` (sum of proportional set
+def tree_memory(root: int | None = None) -> dict[str, int]:
+    """Bytes over :func:`run_processes`: ``rss`` (sum of RSS), ``pss`` (sum of proportional set
     sizes: shared pages split among the processes that map them, so the sum is what the run
     holds), ``largest`` (the largest single process's RSS)."""
     out = {"rss": 0, "pss": 0, "largest": 0}
-    for p in psutil.process_iter(["cmdline"]):
-        if not any(s in " ".join(p.info["cmdline"] or []) for s in RUN_PROCESS_MARKS):
-            continue
+    for p in run_processes(root):
         try:
             m = p.memory_full_info()
         except (psutil.Error, OSError):
@@ -95,10 +112,11 @@ def main() -> int:
     for b in args.backbones:
         peak = {"rss": 0, "pss": 0, "largest": 0}
         stop = threading.Event()
+        launched: list[int] = []
 
         def sample() -> None:
             while not stop.is_set():
-                for k, v in tree_memory().items():
+                for k, v in tree_memory(launched[0] if launched else None).items():
                     peak[k] = max(peak[k], v)
                 time.sleep(0.5)
 
@@ -111,7 +129,11 @@ def main() -> int:
         if args.federation_config:
             cmd += ["--federation-config", args.federation_config]
         t = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) as popen:
+            launched.append(popen.pid)
+            stdout, stderr = popen.communicate()
+        proc = subprocess.CompletedProcess(cmd, popen.returncode, stdout, stderr)
         wall = time.time() - t
         stop.set()
         th.join()
