@@ -2,6 +2,8 @@
 # The tables of docs/results.md sections 2.0 and 3.0 from the runs of bench/results_issue14.sh
 # (test metrics in percent at the best validation round; each row followed by its MostPop and
 # centralised rows where run.py wrote them). A run that has not finished is left out of its row.
+#   bash bench/issue14_tables.sh                                  # outputs/t14, sweeps cut at 100 rounds
+#   OUT=outputs/t19 SWEEP_ROUNDS=200 bash bench/issue14_tables.sh  # the runs of bench/issue14-v2.jobs
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/t14}
@@ -18,19 +20,26 @@ row "PFedRec alone" gfmfr baseline-pfedrec-le5; row "PFedRec + GFMFR (lambda 0.0
 row "PFedRec + GFMFR (lambda 0.1)" gfmfr pfedrec-le5
 row "FedRAP alone" gfmfr baseline-fedrap-le5; row "FedRAP + GFMFR (lambda 0.03)" gfmfr fedrap-le5
 row "FedNCF alone" gfmfr baseline-fedncf-le5; row "FedNCF + GFMFR (lambda 0.03)" gfmfr fedncf-le5
+row "FedNCF + GFMFR, standardised clustering, groups >= 5" gfmfr fedncf-le5-std-min5
 table
 
-echo "## GFMFR on PFedRec: lambda, KL items, ablations, LDP (seed 0, first 100 rounds)"
+echo "## GFMFR on PFedRec: lambda, KL items, ablations, LDP (seed 0, first ${SWEEP_ROUNDS:-100} rounds)"
 S=$OUT/gfmfr-sweep
-ROWS=(--row "PFedRec alone=$OUT/gfmfr/baseline-pfedrec-le5-s0" --row "lambda 0.1=$OUT/gfmfr/pfedrec-le5-s0")
-for x in lambda0.01 lambda0.03 kl-all ablation-random ablation-single ablation-multiple ldp1 ldp2 ldp3 \
+ROWS=(--row "PFedRec alone=$OUT/gfmfr/baseline-pfedrec-le5-s0")
+[ -s "$OUT/gfmfr/pfedrec-le5-s0/final.json" ] && ROWS+=(--row "lambda 0.1=$OUT/gfmfr/pfedrec-le5-s0")
+[ -s "$OUT/gfmfr/pfedrec-le5-l003-s0/final.json" ] && ROWS+=(--row "lambda 0.03 (default)=$OUT/gfmfr/pfedrec-le5-l003-s0")
+for x in lambda0.1 lambda0.01 lambda0.03 kl-all ablation-random ablation-single ablation-multiple ldp1 ldp2 ldp3 \
          lambda-constant lambda-scale-align lambda-smooth lambda-progressive lambda-smooth-progressive-scale-align; do
   [ -s "$S/$x-s0/final.json" ] && ROWS+=(--row "$x=$S/$x-s0")
 done
-table --max-round 100 --reference first
+table --max-round "${SWEEP_ROUNDS:-100}" --reference first
 
 echo "## FedSLLM and the samplers (PFedRec, S = 10 %, 2 local epochs, 200 rounds)"
-for smp in base random fedsllm entropy cluster fedselect fale; do row "$smp" fedsllm "pfedrec-$smp"; done
+for smp in base random random-pass fedsllm entropy cluster fedselect fale; do row "$smp" fedsllm "pfedrec-$smp"; done
+table --reference first
+
+echo "## FedSLLM and the samplers (FedNCF, S = 10 %, 2 local epochs, 200 rounds)"
+for smp in base random random-pass fedsllm; do row "$smp" fedsllm "fedncf-$smp"; done
 table --reference first
 
 echo "## ML-1M, PFedRec, S = 10 %, 100 rounds"
