@@ -1,0 +1,35 @@
+"""bench/keep_runs.py: what it keeps of a run directory, and that tables.py reads the copy."""
+from __future__ import annotations
+
+import json
+
+from script_util import load_script
+
+keep_runs = load_script("bench/keep_runs.py", "keep_runs")
+tables = load_script("bench/tables.py", "tables")
+
+
+def _run(d, best_hr):
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"select-metric": "valid_sampled_ndcg@10"}))
+    (d / "final.json").write_text(json.dumps({"seed": 0, "best_round": 2,
+                                              "test": {"sampled_hr@10": best_hr}}))
+    rounds = [{"round": 1, "loss": 0.5, "client-bytes": {str(i): [1, 2] for i in range(500)}},
+              {"round": 2, "valid_sampled_ndcg@10": 0.3, "test_sampled_hr@10": best_hr,
+               "client-bytes": {str(i): [1, 2] for i in range(500)}}]
+    (d / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+
+
+def test_keeps_finished_runs_with_evaluated_rounds_only(tmp_path):
+    out, dest = tmp_path / "out", tmp_path / "kept"
+    _run(out / "gfmfr" / "a-s0", 0.61)
+    (out / "gfmfr" / "b-s0").mkdir(parents=True)  # unfinished: no final.json
+    kept, skipped = keep_runs.keep(out, dest)
+    assert kept == ["gfmfr/a-s0"] and skipped == ["gfmfr/b-s0"]
+    lines = (dest / "gfmfr" / "a-s0" / "rounds.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == [{"round": 2, "valid_sampled_ndcg@10": 0.3,
+                                               "test_sampled_hr@10": 0.61}]
+    assert not (dest / "gfmfr" / "b-s0").exists()
+    # tables.py reads the kept copy, with and without --max-round
+    assert tables.load(dest / "gfmfr" / "a-s0")[0]["test"]["sampled_hr@10"] == 0.61
+    assert tables.load(dest / "gfmfr" / "a-s0", max_round=2)[0]["test"]["sampled_hr@10"] == 0.61
