@@ -3,7 +3,8 @@
 # (test metrics in percent at the best validation round; each row followed by its MostPop and
 # centralised rows where run.py wrote them). A run that has not finished is left out of its row.
 #   bash bench/issue14_tables.sh                                  # outputs/t14, sweeps cut at 100 rounds
-#   OUT=outputs/t19 SWEEP_ROUNDS=200 bash bench/issue14_tables.sh  # the runs of bench/issue14-v2.jobs
+#   OUT=outputs/t20 bash bench/issue14_tables.sh          # the runs of bench/issue14-v2.jobs
+#   OUT=docs/data/issue14-v2 bash bench/issue14_tables.sh # the same, from the figures kept in the repo
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/t14}
