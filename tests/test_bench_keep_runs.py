@@ -1,4 +1,4 @@
-"""bench/keep_runs.py: what it keeps of a run directory, and that tables.py reads the copy."""
+"""bench/keep_runs.py and bench/group_sizes.py: what they keep and count."""
 from __future__ import annotations
 
 import json
@@ -33,3 +33,15 @@ def test_keeps_finished_runs_with_evaluated_rounds_only(tmp_path):
     # tables.py reads the kept copy, with and without --max-round
     assert tables.load(dest / "gfmfr" / "a-s0")[0]["test"]["sampled_hr@10"] == 0.61
     assert tables.load(dest / "gfmfr" / "a-s0", max_round=2)[0]["test"]["sampled_hr@10"] == 0.61
+
+
+def test_group_sizes_summary(tmp_path):
+    group_sizes = load_script("bench/group_sizes.py", "group_sizes")
+    run = tmp_path / "run"
+    run.mkdir()
+    rounds = [{"round": 1, "gfmfr-group-sizes": [1, 3, 90]}, {"round": 2},
+              {"round": 3, "gfmfr-group-sizes": [30, 30, 34]}]
+    (run / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    s = group_sizes.summary(run)
+    assert s["rounds"] == 2 and s["min"] == 15.5 and s["max"] == 62.0
+    assert s["singleton"] == 0.5 and s["under5"] == 0.5 and s["sizes"][3] == [30, 30, 34]
