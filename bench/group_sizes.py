@@ -1,6 +1,7 @@
 """GFMFR group sizes of runs, from ``rounds.jsonl`` (``gfmfr-group-sizes``, one list per round):
 mean smallest and largest group, share of rounds with a singleton group and with a group
-smaller than 5, and the sizes at a few rounds.
+smaller than 5, and the sizes at a few rounds. Empty groups (a cluster whose members were all
+merged into others by ``gfmfr-min-group-size``) are not counted as groups.
 
     python bench/group_sizes.py NAME=RUN_DIR ... [--at 50 100 200]
 """
@@ -18,7 +19,7 @@ def summary(run: Path) -> dict:
     for line in (run / "rounds.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if rec.get("gfmfr-group-sizes"):
-            sizes[rec["round"]] = [int(x) for x in rec["gfmfr-group-sizes"]]
+            sizes[rec["round"]] = [int(x) for x in rec["gfmfr-group-sizes"] if int(x) > 0]
     if not sizes:
         raise ValueError(f"{run}: no 'gfmfr-group-sizes' in rounds.jsonl")
     n = len(sizes)

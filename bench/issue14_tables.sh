@@ -3,7 +3,7 @@
 # (test metrics in percent at the best validation round; each row followed by its MostPop and
 # centralised rows where run.py wrote them). A run that has not finished is left out of its row.
 #   bash bench/issue14_tables.sh                                  # outputs/t14, sweeps cut at 100 rounds
-#   OUT=outputs/t20 bash bench/issue14_tables.sh          # the runs of bench/issue14-v2.jobs
+#   OUT=outputs/t20 bash bench/issue14_tables.sh          # the runs of bench/issue14-v2.jobs, -ml1m.jobs, -v3.jobs
 #   OUT=docs/data/issue14-v2 bash bench/issue14_tables.sh # the same, from the figures kept in the repo
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,9 +40,9 @@ for smp in base random random-pass fedsllm entropy cluster fedselect fale; do ro
 table --reference first
 
 echo "## FedSLLM and the samplers (FedNCF, S = 10 %, 2 local epochs, 200 rounds)"
-for smp in base random random-pass fedsllm; do row "$smp" fedsllm "fedncf-$smp"; done
+for smp in base random random-pass fedsllm entropy cluster fedselect fale; do row "$smp" fedsllm "fedncf-$smp"; done
 table --reference first
 
 echo "## ML-1M, PFedRec, S = 10 %, 100 rounds"
-row "FedSLLM" fedsllm-ml1m fedsllm; row "Random" fedsllm-ml1m random
+row "Base" fedsllm-ml1m base; row "FedSLLM" fedsllm-ml1m fedsllm; row "Random" fedsllm-ml1m random
 table

@@ -45,3 +45,13 @@ def test_group_sizes_summary(tmp_path):
     s = group_sizes.summary(run)
     assert s["rounds"] == 2 and s["min"] == 15.5 and s["max"] == 62.0
     assert s["singleton"] == 0.5 and s["under5"] == 0.5 and s["sizes"][3] == [30, 30, 34]
+
+
+def test_group_sizes_skip_empty_groups(tmp_path):
+    """gfmfr-min-group-size leaves merged clusters empty: they are not groups of size 0."""
+    group_sizes = load_script("bench/group_sizes.py", "group_sizes")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "rounds.jsonl").write_text(json.dumps({"round": 1, "gfmfr-group-sizes": [24, 0, 70, 0, 0]}) + "\n")
+    s = group_sizes.summary(run)
+    assert s["groups"] == 2 and s["min"] == 24 and s["under5"] == 0 and s["sizes"][1] == [24, 70]
