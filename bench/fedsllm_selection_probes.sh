@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# FedSLLM selection-rule probes (issue 14 follow-up, docs/results.md section 3.0): PFedRec,
+# FedSLLM selection-rule probes (issue 14 follow-up, docs/results.md section 3.0.2): PFedRec,
 # ML-100K, S = 10 %, seed 0, 200 rounds (validation every 20; the rounds-100 column is read from
 # the same runs), in-process engine, one run at a time. The prototype LLM writes the prototypes
 # once (fedsllm-proto-update-every=1000): the packaged SmolLM2 returns the same list at every
