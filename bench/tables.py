@@ -8,7 +8,8 @@ Each positional argument is a directory (one row per ``*-summary.json`` in it) o
 file. ``--row NAME=PATH,PATH`` pools the seeds of several summaries, run directories (their
 ``final.json``) or final-shaped files into one row. One seed is shown without a spread.
 Each row whose finals carry ``reference`` rows (written by run.py) is followed by its
-``mostpop`` (floor) and ``centralised`` (ceiling) rows, same seeds.
+``mostpop`` (floor) and ``centralised`` (ceiling) rows, same seeds. ``--paired A:B`` (rows
+named by ``--row``) adds a table of A minus B per seed, matched on the seed, and its mean.
 """
 from __future__ import annotations
 
@@ -55,6 +56,24 @@ def rows(name: str, finals: list[dict], metrics: list[str], scale: float,
         if ref is not None:
             out.append(row(f"{name}: {which}", ref, metrics, scale))
     return out
+
+
+def paired(name_a: str, finals_a: list[dict], name_b: str, finals_b: list[dict],
+           metrics: list[str], scale: float) -> str:
+    """One row of per-seed differences ``a - b`` (seeds in ascending order, matched on
+    ``seed``: runs with one seed train the same users, so these are paired) and their mean.
+    Raises ValueError when the two rows do not have the same seeds."""
+    by_a = {f["seed"]: f for f in finals_a}
+    by_b = {f["seed"]: f for f in finals_b}
+    if sorted(by_a) != sorted(by_b):
+        raise ValueError(f"--paired {name_a}:{name_b}: seeds {sorted(by_a)} against {sorted(by_b)}")
+    seeds = sorted(by_a)
+    cells = []
+    for m in metrics:
+        diffs = [(by_a[s]["test"][m] - by_b[s]["test"][m]) * scale for s in seeds]
+        cells.append(" / ".join(f"{d:+.2f}" for d in diffs) + f" (mean {statistics.mean(diffs):+.2f})")
+    return (f"| {name_a} − {name_b} | " + " | ".join(cells)
+            + f" | {' / '.join(map(str, seeds))} |")
 
 
 def truncated(run_dir: Path, final: dict, max_round: int) -> dict:
@@ -114,6 +133,8 @@ def main() -> None:
     ap.add_argument("--max-round", type=int, default=None,
                     help="--row run directories: best validation round among rounds <= this "
                          "(the figures of a shorter run with the same seed)")
+    ap.add_argument("--paired", action="append", default=[], metavar="A:B",
+                    help="after the table, row A minus row B per seed (both named by --row)")
     args = ap.parse_args()
     try:
         lines = _lines(args)
@@ -125,17 +146,27 @@ def main() -> None:
 def _lines(args: argparse.Namespace) -> list[str]:
     out = ["| run | " + " | ".join(args.metrics) + " | seeds | best rounds |",
            "|---" * (len(args.metrics) + 3) + "|"]
+    named = {}
     for spec in args.row:
         name, _, files = spec.rpartition("=")   # the name may contain "=", the paths not
         if not name or not files:
             raise ValueError(f"--row {spec!r}: expected NAME=PATH[,PATH...]")
-        finals = [f for p in files.split(",") for f in load(Path(p), args.max_round)]
+        finals = named[name] = [f for p in files.split(",") for f in load(Path(p), args.max_round)]
         first = len(out) == 2
         out += rows(name, finals, args.metrics, args.scale,
                     references=args.reference == "each" or first)
     for d in map(Path, args.dirs):
         for path in (sorted(d.glob("*-summary.json")) if d.is_dir() else [d]):
             out += rows(path.name.removesuffix("-summary.json"), load(path), args.metrics, args.scale)
+    if args.paired:
+        out += ["", "| paired, per seed | " + " | ".join(args.metrics) + " | seeds |",
+                "|---" * (len(args.metrics) + 2) + "|"]
+    for spec in args.paired:
+        a, sep, b = spec.partition(":")
+        if not sep or a not in named or b not in named:
+            raise ValueError(f"--paired {spec!r}: expected A:B, both names of --row rows "
+                             f"({sorted(named)})")
+        out.append(paired(a, named[a], b, named[b], args.metrics, args.scale))
     return out
 
 

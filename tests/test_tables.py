@@ -77,7 +77,7 @@ def test_reference_rows_follow_their_run(tmp_path):
     for i, f in enumerate(finals):
         (tmp_path / f"r{i}").mkdir()
         (tmp_path / f"r{i}" / "final.json").write_text(json.dumps(f))
-    ns = argparse.Namespace(metrics=["sampled_hr@10"], scale=100.0, max_round=None, dirs=[],
+    ns = argparse.Namespace(metrics=["sampled_hr@10"], scale=100.0, max_round=None, dirs=[], paired=[],
                             reference="first", row=[f"a={tmp_path / 'r0'}", f"b={tmp_path / 'r1'}"])
     assert [line.split(" |")[0] for line in tables._lines(ns)[2:]] == [
         "| a", "| a: mostpop", "| a: centralised", "| b"]
@@ -101,3 +101,12 @@ def test_max_round_reselects_the_best_round_of_a_shorter_run(tmp_path):
     assert tables.load(run)[0]["best_round"] == 6
     with pytest.raises(ValueError, match="no evaluated round <= 1"):
         tables.load(run, max_round=1)
+
+
+def test_paired_differences_match_seeds_and_refuse_unequal_seed_sets():
+    a = [_final(1, 0.30), _final(0, 0.50)]
+    b = [_final(0, 0.40), _final(1, 0.35)]
+    line = tables.paired("a", a, "b", b, ["sampled_hr@10"], 100.0)
+    assert line == "| a − b | +10.00 / -5.00 (mean +2.50) | 0 / 1 |"
+    with pytest.raises(ValueError, match="seeds"):
+        tables.paired("a", a, "b", b[:1], ["sampled_hr@10"], 100.0)
