@@ -109,6 +109,7 @@ class FedSLLMConfig(ConfigSection):
     api_key_env: str = "OPENAI_API_KEY"
     llm_max_tokens: int = 160
     llm_temperature: float = 0.0
+    llm_threads: int = 0
     max_prototypes: int = 10
     proto_update_every: int = 10
     align_every: int = 10
@@ -147,6 +148,8 @@ class FedSLLMConfig(ConfigSection):
             raise bad("ae_lr", "must be > 0")
         if self.llm_temperature < 0:
             raise bad("llm_temperature", "must be >= 0 (0 = greedy)")
+        if self.llm_threads < 0:
+            raise bad("llm_threads", "must be >= 0 (0 = every CPU of the server process)")
         self.llm_spec()
 
     def llm_spec(self) -> LLMSpec:

