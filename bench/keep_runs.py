@@ -2,9 +2,13 @@
 not committed and are lost with the machine): for every ``OUT/SUBDIR/RUN/final.json``, copy
 ``final.json`` and ``config.json`` and the evaluated rounds of ``rounds.jsonl`` (the lines that
 carry validation metrics, without per-client maps larger than 2 kB; enough for ``bench/tables.py``, ``--max-round`` included) to
-``DEST/SUBDIR/RUN/``. Unfinished runs are skipped and listed.
+``DEST/SUBDIR/RUN/``; with ``--all-rounds`` every round (same filter; enough for
+``bench/round_costs.py``). A FedSLLM run's ``prototype-prompts.jsonl`` (its LLM prompts and
+answers, input of ``bench/llm_backends.py``) is copied too. Unfinished runs are skipped and
+listed.
 
     python bench/keep_runs.py outputs/t20 docs/data/issue14-v2
+    python bench/keep_runs.py --all-rounds outputs/t22 docs/data/issue15-llm
 """
 import json
 import shutil
@@ -12,9 +16,10 @@ import sys
 from pathlib import Path
 
 
-def keep(out: Path, dest: Path) -> tuple[list[str], list[str]]:
-    """Copy every finished run of ``out`` (``out/SUBDIR/RUN``) to ``dest``; returns the kept
-    and the skipped (no ``final.json``) runs as ``SUBDIR/RUN`` strings."""
+def keep(out: Path, dest: Path, all_rounds: bool = False) -> tuple[list[str], list[str]]:
+    """Copy every finished run of ``out`` (``out/SUBDIR/RUN``) to ``dest`` (every round with
+    ``all_rounds``, else the evaluated ones); returns the kept and the skipped (no
+    ``final.json``) runs as ``SUBDIR/RUN`` strings."""
     kept, skipped = [], []
     for run in sorted(p for p in out.glob("*/*") if p.is_dir()):
         name = f"{run.parent.name}/{run.name}"
@@ -23,20 +28,25 @@ def keep(out: Path, dest: Path) -> tuple[list[str], list[str]]:
             continue
         target = dest / run.parent.name / run.name
         target.mkdir(parents=True, exist_ok=True)
-        for f in ("final.json", "config.json"):
+        for f in ("final.json", "config.json", "prototype-prompts.jsonl"):
+            if f == "prototype-prompts.jsonl" and not (run / f).exists():
+                continue
             shutil.copyfile(run / f, target / f)
         recs = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
         recs = [{k: v for k, v in r.items() if len(json.dumps(v)) <= 2000}  # per-client maps out
-                for r in recs if any(k.startswith("valid_") for k in r)]
+                for r in recs if all_rounds or any(k.startswith("valid_") for k in r)]
         (target / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
         kept.append(name)
     return kept, skipped
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python bench/keep_runs.py OUT_DIR DEST_DIR")
-    kept, skipped = keep(Path(sys.argv[1]), Path(sys.argv[2]))
-    print(f"kept {len(kept)} runs in {sys.argv[2]}")
+    args = sys.argv[1:]
+    every = "--all-rounds" in args
+    args = [a for a in args if a != "--all-rounds"]
+    if len(args) != 2:
+        sys.exit("usage: python bench/keep_runs.py [--all-rounds] OUT_DIR DEST_DIR")
+    kept, skipped = keep(Path(args[0]), Path(args[1]), all_rounds=every)
+    print(f"kept {len(kept)} runs in {args[1]}")
     for s in skipped:
         print(f"skipped (not finished): {s}")

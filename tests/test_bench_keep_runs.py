@@ -35,6 +35,17 @@ def test_keeps_finished_runs_with_evaluated_rounds_only(tmp_path):
     assert tables.load(dest / "gfmfr" / "a-s0", max_round=2)[0]["test"]["sampled_hr@10"] == 0.61
 
 
+def test_all_rounds_and_prompt_log_are_kept(tmp_path):
+    out, dest = tmp_path / "out", tmp_path / "kept"
+    _run(out / "fedsllm" / "a-s0", 0.55)
+    (out / "fedsllm" / "a-s0" / "prototype-prompts.jsonl").write_text('{"prompt": "p"}\n')
+    assert keep_runs.keep(out, dest, all_rounds=True) == (["fedsllm/a-s0"], [])
+    run = dest / "fedsllm" / "a-s0"
+    rounds = [json.loads(x) for x in (run / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2] and all("client-bytes" not in r for r in rounds)
+    assert (run / "prototype-prompts.jsonl").read_text() == '{"prompt": "p"}\n'
+
+
 def test_group_sizes_summary(tmp_path):
     group_sizes = load_script("bench/group_sizes.py", "group_sizes")
     run = tmp_path / "run"
