@@ -28,19 +28,20 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--llm", default="smollm2", help="fedsllm-llm value")
     p.add_argument("--updates", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1, as a run's ServerApp uses: run-config 'threads')")
+    p.add_argument("--threads", type=int, default=0,
+                   help="LLM threads during a call (fedsllm-llm-threads; default 0 = every CPU, "
+                        "as a run's ServerApp since 2026-12-04; 1 = the earlier figures)")
     args = p.parse_args(argv)
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)     # the ServerApp's own setting (run-config 'threads')
     from fedmm.data.split import load_item_side
     from server_tasks.prototypes import PrototypeManager
     from server_tasks.prototypes.backends import make_generator
     from server_tasks.prototypes.prompts import item_noun_for
     from strategies.fedsllm import FedSLLMConfig
 
-    settings = FedSLLMConfig(llm=args.llm)
+    settings = FedSLLMConfig(llm=args.llm, llm_threads=args.threads)
     side = load_item_side(args.dataset, 0.0, 3, "")
     t = time.perf_counter()
     gen = make_generator(settings, seed=0, device="cpu")
