@@ -65,6 +65,8 @@ def _get_message_ins(self, node_id: int, limit: int | None, *, run_id: int | Non
 
     if limit is not None and limit < 1:
         raise AssertionError("`limit` must be >= 1")
+    if node_id not in self.message_ins_store.by_node:
+        return []   # most nodes of a sweep during a training round: nothing stored for them
     message_ins_list = []
     with self.lock:
         for msg_id in list(self.message_ins_store.by_node.get(node_id, ())):
@@ -78,9 +80,10 @@ def _get_message_ins(self, node_id: int, limit: int | None, *, run_id: int | Non
                 message_ins_list.append(msg_ins)
             if limit and len(message_ins_list) == limit:
                 break
-    delivered_at = now().isoformat()
-    for msg_ins in message_ins_list:
-        msg_ins.metadata.delivered_at = delivered_at
+    if message_ins_list:
+        delivered_at = now().isoformat()
+        for msg_ins in message_ins_list:
+            msg_ins.metadata.delivered_at = delivered_at
     return message_ins_list
 
 
