@@ -28,10 +28,10 @@ def keep(out: Path, dest: Path, all_rounds: bool = False) -> tuple[list[str], li
             continue
         target = dest / run.parent.name / run.name
         target.mkdir(parents=True, exist_ok=True)
-        for f in ("final.json", "config.json", "prototype-prompts.jsonl"):
-            if f == "prototype-prompts.jsonl" and not (run / f).exists():
-                continue
+        for f in ("final.json", "config.json"):
             shutil.copyfile(run / f, target / f)
+        if (run / "prototype-prompts.jsonl").exists():   # FedSLLM runs with an LLM only
+            shutil.copyfile(run / "prototype-prompts.jsonl", target / "prototype-prompts.jsonl")
         recs = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
         recs = [{k: v for k, v in r.items() if len(json.dumps(v)) <= 2000}  # per-client maps out
                 for r in recs if all_rounds or any(k.startswith("valid_") for k in r)]

@@ -49,8 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
 
-    from server_tasks.prototypes.backends import make_generator
-    from server_tasks.prototypes.parsing import drop_cut_entry, parse_prototypes
+    from server_tasks.prototypes.backends import ChatLLM, make_generator
     from strategies.fedsllm import FedSLLMConfig
 
     calls = load_prompts(args.runs, args.limit)
@@ -68,8 +67,7 @@ def main(argv=None) -> int:
                 text, cut = gen.generate(call["prompt"], call.get("system"))
                 secs.append(time.perf_counter() - t)
                 same_text += text == call["response"]
-                got = parse_prototypes(drop_cut_entry(text) if cut else text)
-                same_parse += got == call.get("parsed")
+                same_parse += ChatLLM.parse_answer(text, cut) == call.get("parsed")
             row = {"backend": backend, "threads": gen.threads, "calls": len(calls),
                    "load_and_warmup_s": round(load_s, 2),
                    "median_s": round(statistics.median(secs), 3),

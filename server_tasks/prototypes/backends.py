@@ -162,9 +162,20 @@ class ChatLLM(PrototypeGenerator):
             response, truncated = self.generate(prompt, self.system)
         except PrototypeBackendError as exc:
             return PrototypeProposal([], prompt=prompt, system=self.system, error=str(exc))
-        names = parse_prototypes(drop_cut_entry(response) if truncated else response)
-        return PrototypeProposal(names, prompt=prompt, system=self.system, response=response,
-                                 truncated=truncated)
+        return PrototypeProposal(self.parse_answer(response, truncated), prompt=prompt,
+                                 system=self.system, response=response, truncated=truncated)
+
+    @staticmethod
+    def parse_answer(response: str, truncated: bool) -> list[str]:
+        """Names in an answer (:func:`parse_prototypes`); an answer cut at the length bound
+        loses its unfinished last entry first (:func:`drop_cut_entry`)."""
+        return parse_prototypes(drop_cut_entry(response) if truncated else response)
+
+    @staticmethod
+    def chat_messages(prompt: str, system: str | None) -> list[dict]:
+        """The chat request: the system message (when ``system`` is set), then ``prompt``."""
+        return ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}]
 
     def generate(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> tuple[str, bool]:
         """:meth:`complete`, and whether the answer was cut at the backend's length bound.
@@ -174,6 +185,28 @@ class ChatLLM(PrototypeGenerator):
         The default reports ``False``.
         """
         return self.complete(prompt, system), False
+
+
+class LocalChatLLM(ChatLLM):
+    """A chat LLM run in this process (:class:`TransformersLLM`, :class:`LlamaCppLLM`): call
+    ``n`` samples with seed ``seed + n``, so the call counter is the state a resumed run needs.
+
+    Subclasses implement :meth:`generate`, set ``seed`` and ``_calls = 0`` and count each call.
+    """
+
+    seed: int = 0
+    _calls: int = 0
+
+    def state_dict(self) -> dict:
+        """The call counter (call ``n`` samples with seed ``seed + n``)."""
+        return {"calls": int(self._calls)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._calls = int(state.get("calls", 0))
+
+    def complete(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> str:
+        """Generate the answer to ``prompt`` (see :meth:`ChatLLM.complete`)."""
+        return self.generate(prompt, system)[0]
 
 
 def packaged_smollm2_dir() -> Path:
@@ -237,7 +270,7 @@ def _load_causal_lm(name_or_path: str, gguf_file: str | None, device: str):
     return tokenizer, model
 
 
-class TransformersLLM(ChatLLM):
+class TransformersLLM(LocalChatLLM):
     """Local causal LM through ``transformers`` (default: packaged SmolLM2-135M-Instruct GGUF).
 
     Parameters
@@ -298,13 +331,6 @@ class TransformersLLM(ChatLLM):
         self.threads = resolve_threads(threads)
         self._calls = 0
 
-    def state_dict(self) -> dict:
-        """The call counter (call ``n`` samples with seed ``seed + n``)."""
-        return {"calls": int(self._calls)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._calls = int(state.get("calls", 0))
-
     def _resolve(self) -> tuple[str, str | None]:
         if self.model is None:
             return str(packaged_smollm2_dir()), SMOLLM2_GGUF
@@ -316,17 +342,12 @@ class TransformersLLM(ChatLLM):
         name, gguf = self._resolve()
         return _load_causal_lm(name, gguf, self.device)
 
-    def complete(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> str:
-        """Generate the answer to ``prompt`` (see :meth:`ChatLLM.complete`)."""
-        return self.generate(prompt, system)[0]
-
     def generate(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> tuple[str, bool]:
         """Answer and whether it stopped at ``max_new_tokens`` without an end token."""
         import torch
 
         tokenizer, model = self.load()
-        messages = ([{"role": "system", "content": system}] if system else [])
-        messages.append({"role": "user", "content": prompt})
+        messages = self.chat_messages(prompt, system)
         if getattr(tokenizer, "chat_template", None):
             text = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                  tokenize=False)
@@ -378,7 +399,7 @@ def _load_llama(path: str, n_ctx: int, threads: int):
         raise PrototypeBackendError(f"llama.cpp cannot load {path}: {exc}") from exc
 
 
-class LlamaCppLLM(ChatLLM):
+class LlamaCppLLM(LocalChatLLM):
     """A GGUF model run by llama.cpp through ``llama-cpp-python`` (optional dependency).
 
     The same prompts and parsing as :class:`TransformersLLM`; the model runs on llama.cpp's
@@ -436,27 +457,15 @@ class LlamaCppLLM(ChatLLM):
         self.system = system
         self._calls = 0
 
-    def state_dict(self) -> dict:
-        """The call counter (call ``n`` samples with seed ``seed + n``)."""
-        return {"calls": int(self._calls)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._calls = int(state.get("calls", 0))
-
     def load(self):
         """Load (or fetch from the process cache) and return the ``llama_cpp.Llama``."""
         path = self.model_path or str(packaged_smollm2_dir() / SMOLLM2_GGUF)
         return _load_llama(path, self.n_ctx, self.threads)
 
-    def complete(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> str:
-        """Generate the answer to ``prompt`` (see :meth:`ChatLLM.complete`)."""
-        return self.generate(prompt, system)[0]
-
     def generate(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> tuple[str, bool]:
         """Answer and whether it stopped at ``max_new_tokens`` (finish reason ``length``)."""
         llm = self.load()
-        messages = ([{"role": "system", "content": system}] if system else [])
-        messages.append({"role": "user", "content": prompt})
+        messages = self.chat_messages(prompt, system)
         llm.reset()  # no KV prefix carried over from the previous call
         try:
             out = llm.create_chat_completion(
@@ -525,8 +534,7 @@ class OpenAICompatible(ChatLLM):
 
     def generate(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> tuple[str, bool]:
         """``choices[0].message.content`` and whether ``finish_reason`` is ``"length"``."""
-        messages = ([{"role": "system", "content": system}] if system else [])
-        messages.append({"role": "user", "content": prompt})
+        messages = self.chat_messages(prompt, system)
         payload = {"model": self.model, "messages": messages, "temperature": self.temperature,
                    "max_tokens": self.max_tokens}
         if self.seed is not None:
