@@ -110,6 +110,7 @@ class FedSLLMConfig(ConfigSection):
     llm_max_tokens: int = 160
     llm_temperature: float = 0.0
     llm_threads: int = 0
+    llm_lag: int = 0
     max_prototypes: int = 10
     proto_update_every: int = 10
     align_every: int = 10
@@ -150,7 +151,21 @@ class FedSLLMConfig(ConfigSection):
             raise bad("llm_temperature", "must be >= 0 (0 = greedy)")
         if self.llm_threads < 0:
             raise bad("llm_threads", "must be >= 0 (0 = every CPU of the server process)")
-        self.llm_spec()
+        spec = self.llm_spec()
+        if self.llm_lag < 0:
+            raise bad("llm_lag", "must be >= 0 (0 = revise in the round the counts come in)")
+        if self.llm_lag:
+            if self.sampler != "fedsllm":
+                raise bad("llm_lag", f"needs sampler 'fedsllm' (an LLM writes the prototypes), "
+                                     f"not '{self.sampler}'; set it to 0")
+            if spec.kind not in ("llamacpp", "openai"):
+                raise bad("llm_lag", "needs fedsllm-llm = \"llamacpp\" (or an \"openai:\" "
+                                     "server): the transformers backend sets torch's process-wide "
+                                     "thread count, which a call running beside the clients "
+                                     "would change under them; set it to 0")
+            if self.llm_lag >= self.proto_update_every:
+                raise bad("llm_lag", f"must be below fedsllm-proto-update-every "
+                                     f"({self.proto_update_every}): one revision at a time")
 
     def llm_spec(self) -> LLMSpec:
         """The parsed ``fedsllm-llm`` value (see :func:`parse_llm_spec`)."""
@@ -234,6 +249,10 @@ class FedSLLM(FedRecStrategy):
         self.autoencoder = None
         self._x = None  # torch float32 (N, D): item text embeddings
         self._pending = np.zeros(0, dtype=np.int64)  # counts summed since the last revision
+        # fedsllm-llm-lag > 0: the request in flight ({"round", "request", "future"}) and the
+        # one thread its backend call runs on.
+        self._inflight: dict[str, Any] | None = None
+        self._llm_thread = None
         self._info: dict[str, Any] = {}
         self._summary: dict[str, Any] = {"sampler": settings.sampler, "pretrain-seconds": 0.0,
                                          "prototype-updates": 0, "alignments": 0,
@@ -337,7 +356,9 @@ class FedSLLM(FedRecStrategy):
         import torch
 
         ae = self.autoencoder
+        inflight = self._inflight_state()   # first: it waits for the backend call
         return {**super().state_dict(), "fedsllm": {
+            "inflight": inflight,
             "autoencoder": None if ae is None else {"widths": list(ae.widths),
                                                     "weights": ae.state_dict()},
             "manager": None if self.manager is None else self.manager.state_dict(),
@@ -361,6 +382,7 @@ class FedSLLM(FedRecStrategy):
             self.manager.load_state_dict(f["manager"])
         self._pending = f["pending"].numpy().copy()
         self._summary = json.loads(f["summary"])
+        self._inflight = self._inflight_from(f.get("inflight"))
 
     def rewind_outputs(self, server_round: int) -> None:
         """Drop the rounds after ``server_round`` from ``prototypes.jsonl`` and
@@ -424,9 +446,17 @@ class FedSLLM(FedRecStrategy):
         if s.sampler == "fedsllm" and s.align_every and server_round % s.align_every == 0:
             self._align(server_round, table)
             aligned = True
+        installed = False
+        if self._inflight is not None and server_round >= self._inflight["round"] + s.llm_lag:
+            self._install_lagged(server_round)
+            installed = True
         if server_round % s.proto_update_every == 0:
-            self._revise(server_round, table, counts=self._pending)
-        elif aligned:
+            if not s.llm_lag:
+                self._revise(server_round, table, counts=self._pending)
+                installed = True
+            elif server_round + s.llm_lag < self.num_rounds:  # else nothing would use them
+                self._submit(server_round)
+        if aligned and not installed:
             self.manager.reembed()
         return arrays
 
@@ -438,6 +468,9 @@ class FedSLLM(FedRecStrategy):
         return dict(self._info)
 
     def finish(self) -> dict[str, Any]:
+        if self._llm_thread is not None:
+            self._llm_thread.shutdown(wait=True)
+            self._llm_thread = None
         return {"fedsllm": {**self._summary, "prototypes": list(self.names)}}
 
     def summary(self) -> None:
@@ -470,21 +503,103 @@ class FedSLLM(FedRecStrategy):
         result = self.manager.update(
             server_round, counts=counts,
             item_embeddings=table if self.settings.sampler == "cluster" else None)
+        self._installed(server_round, result, previous, counts, time.perf_counter() - start)
+
+    def _installed(self, server_round: int, result, previous: list[str],
+                   counts: np.ndarray | None, seconds: float, **lagged: Any) -> None:
+        """Book-keeping after a prototype set was put in force: counts restart, summary, round
+        info, ``prototypes.jsonl``, the log line. ``lagged``: ``requested-round`` and
+        ``wait-seconds`` of a lagged revision (``seconds`` is then the backend call's)."""
         if result.vectors is None:  # pragma: no cover - both backends give vectors here
             raise RuntimeError("prototype backend produced no vectors")
-        seconds = time.perf_counter() - start
         self._pending = np.zeros(len(self.names), dtype=np.int64)
         if server_round > 0:
             self._summary["prototype-updates"] += 1
             self._info.update({"prototype-update": result.source,
                                "prototype-seconds": seconds})
         self._summary["prototype-seconds"] += seconds
+        if lagged:
+            self._summary["prototype-wait-seconds"] = (
+                self._summary.get("prototype-wait-seconds", 0.0) + lagged["wait-seconds"])
+            self._info.update({"prototype-wait-seconds": lagged["wait-seconds"],
+                               "prototype-requested-round": lagged["requested-round"]})
         self._write({"round": server_round, "event": "update" if server_round else "initial",
                      "names": self.names, "source": result.source, "previous": previous,
                      "counts": None if counts is None else [int(c) for c in counts],
-                     "seconds": round(seconds, 3)})
-        log(INFO, "fedsllm: round %d prototypes (%s, %.1fs): %s", server_round, result.source,
-            seconds, ", ".join(self.names))
+                     "seconds": round(seconds, 3),
+                     **{k: (round(v, 3) if isinstance(v, float) else v)
+                        for k, v in lagged.items()}})
+        log(INFO, "fedsllm: round %d prototypes (%s, %.1fs%s): %s", server_round, result.source,
+            seconds, f", asked at round {lagged['requested-round']}" if lagged else "",
+            ", ".join(self.names))
+
+    # ----- lagged revision (fedsllm-llm-lag = L > 0) ------------------------------------------
+    def _submit(self, server_round: int) -> None:
+        """Start the revision of round ``server_round`` on the LLM thread: the request is made
+        now (prototypes in force, counts summed since the last revision); the answer is put in
+        force at round ``server_round + L`` (:meth:`_install_lagged`). Counts that come in
+        meanwhile are for the prototypes then in force and are dropped at that install."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._inflight is not None:  # pragma: no cover - check(): L < proto-update-every
+            raise RuntimeError("a lagged prototype revision is already in flight")
+        if self._llm_thread is None:
+            self._llm_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsllm-llm")
+        request = self.manager.request(counts=self._pending)
+        self._inflight = {"round": server_round, "request": request,
+                          "future": self._llm_thread.submit(self.manager.ask, request)}
+
+    def _install_lagged(self, server_round: int) -> None:
+        """Wait for the request in flight (if it is not answered yet) and put its prototypes in
+        force, embedded with the encoder as it is now."""
+        inflight, self._inflight = self._inflight, None
+        assert inflight is not None
+        start = time.perf_counter()
+        proposal, seconds = inflight["future"].result()
+        waited = time.perf_counter() - start
+        request = inflight["request"]
+        result = self.manager.install(server_round, request, proposal, seconds)
+        self._installed(server_round, result, list(request.previous), request.counts, seconds,
+                        **{"requested-round": int(inflight["round"]), "wait-seconds": waited})
+
+    def _inflight_state(self) -> dict[str, Any] | None:
+        """The request in flight for a checkpoint, after waiting for its answer (so that the
+        backend's state is read after the call): round, previous names, counts, the answer."""
+        if self._inflight is None:
+            return None
+        import torch
+
+        proposal, seconds = self._inflight["future"].result()
+        request = self._inflight["request"]
+        if proposal.vectors is not None:  # pragma: no cover - check(): LLM backends only
+            raise RuntimeError("a lagged revision carries backend vectors; not checkpointable")
+        return {"round": int(self._inflight["round"]), "previous": list(request.previous),
+                "counts": None if request.counts is None
+                else torch.from_numpy(np.asarray(request.counts, dtype=np.int64).copy()),
+                "seconds": float(seconds),
+                "proposal": json.dumps({"names": list(proposal.names), "prompt": proposal.prompt,
+                                        "system": proposal.system, "response": proposal.response,
+                                        "error": proposal.error,
+                                        "truncated": bool(proposal.truncated)})}
+
+    def _inflight_from(self, state: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Inverse of :meth:`_inflight_state`: the answered request, to be installed at its
+        round (the resumed run installs what the uninterrupted one would have)."""
+        if state is None:
+            return None
+        from concurrent.futures import Future
+
+        from server_tasks.prototypes import PrototypeProposal, PrototypeRequest
+
+        request = PrototypeRequest(
+            items=self.manager.items, max_prototypes=self.manager.max_prototypes,
+            previous=tuple(state["previous"]),
+            counts=None if state["counts"] is None else state["counts"].numpy().copy(),
+            item_noun=self.manager.item_noun)
+        future: Future = Future()
+        future.set_result((PrototypeProposal(**json.loads(state["proposal"])),
+                           float(state["seconds"])))
+        return {"round": int(state["round"]), "request": request, "future": future}
 
     def _write(self, record: dict[str, Any]) -> None:
         if self.run_dir is None:

@@ -348,6 +348,101 @@ def test_counts_are_summed_and_feed_the_update_prompt(tmp_path):
 
 
 FIRST_NAMES = ["Action adventure", "Romantic comedy", "War drama"]
+SECOND_NAMES = ["Action adventure", "Family animation", "War drama", "Crime thriller"]
+
+
+def test_lag_key_is_checked_with_the_keys_it_depends_on():
+    assert _settings(llm="llamacpp", llm_lag=3).llm_lag == 3
+    assert _settings(llm="openai:http://127.0.0.1:8000:m", llm_lag=1).llm_lag == 1
+    for overrides, match in [({"llm_lag": -1, "llm": "llamacpp"}, ">= 0"),
+                             ({"llm_lag": 1}, "needs fedsllm-llm = .llamacpp"),
+                             ({"llm_lag": 1, "llm": "llamacpp", "sampler": "cluster"},
+                              "needs sampler 'fedsllm'"),
+                             ({"llm_lag": 10, "llm": "llamacpp"},
+                              r"below fedsllm-proto-update-every \(10\)")]:
+        with pytest.raises(ConfigError, match=f"'fedsllm-llm-lag'.*{match}"):
+            _settings(**overrides)
+
+
+class ThreadNotingLLM(ScriptedLLM):
+    """ScriptedLLM that notes the thread of each call."""
+
+    def complete(self, prompt, system=None):
+        import threading
+        self.threads = getattr(self, "threads", []) + [threading.current_thread().name]
+        return super().complete(prompt, system)
+
+
+THIRD = "1. Crime thriller\n2. Family animation\n3. Space adventure"
+
+
+def _lagged_rounds(strategy, arrays, rounds, per_round):
+    for rnd in rounds:
+        msgs = list(strategy.configure_train(rnd, dict_to_arrays(arrays), ConfigRecord(),
+                                             Nodes([7, 8])))
+        sent = {tuple(arrays_to_dict(m.content["fedsllm"])["prototypes"].shape) for m in msgs}
+        counts = per_round(rnd, len(strategy.names))
+        replies = [_reply(m, arrays[ITEM_TABLE_KEY] + 0.1 * rnd, c) for m, c in zip(msgs, counts)]
+        new, _ = strategy.aggregate_train(rnd, replies)
+        arrays = arrays_to_dict(new)
+        yield rnd, sent, strategy.round_info(), arrays
+
+
+def test_lagged_revision_asks_beside_the_rounds_and_installs_l_rounds_later(tmp_path):
+    strategy, _ = _strategy(tmp_path, proto_update_every=2, align_every=0, num_rounds=6,
+                            llm="llamacpp", llm_lag=1)
+    llm = ThreadNotingLLM([FIRST, SECOND, THIRD])
+    strategy.manager.generator = llm
+    arrays = strategy.initial_arrays(_initial_table())
+    names_after = {}
+    for rnd, sent, info, arrays in _lagged_rounds(
+            strategy, arrays, range(1, 7), lambda rnd, p: [[rnd] * p, [1] * p]):
+        names_after[rnd] = strategy.names
+        if rnd == 3:   # asked at round 2 (counts of rounds 1-2), in force after round 3
+            assert sent == {(3, 8)}   # round 3 still trained with the first prototypes
+            assert info["prototype-requested-round"] == 2 and info["prototype-wait-seconds"] >= 0
+    assert names_after[2] == FIRST_NAMES and names_after[3] == SECOND_NAMES
+    assert names_after[5] == ["Crime thriller", "Family animation", "Space adventure"]
+    # counts: rounds 1-2 for the first request; round 3's (for the first prototypes, reported
+    # while the answer was pending) are dropped at the install; round 4's for the second.
+    # (one client per round: fraction-train 0.5 of 2 nodes; it reports ``rnd`` per prototype)
+    assert "1. Action adventure (used 3 times, 33%)" in llm.prompts[1]   # 1 + 2
+    assert "1. Action adventure (used 4 times, 25%)" in llm.prompts[2]   # round 4 alone
+    assert len(llm.prompts) == 3          # round 6 is the last: nothing asked there
+    assert llm.threads[0] == "MainThread" and all(t.startswith("fedsllm-llm") for t in llm.threads[1:])
+    lines = [d for d in _jsonl(tmp_path / "run" / "prototypes.jsonl") if d["event"] == "update"]
+    assert [(d["round"], d["requested-round"], d["counts"]) for d in lines] == [
+        (3, 2, [3, 3, 3]), (5, 4, [4, 4, 4, 4])]
+    summary = strategy.finish()["fedsllm"]
+    assert summary["prototype-updates"] == 2 and summary["prototype-wait-seconds"] >= 0
+
+
+def test_a_checkpoint_with_a_revision_in_flight_resumes_as_the_uninterrupted_run(tmp_path):
+    import io
+    whole, _ = _strategy(tmp_path / "a", proto_update_every=2, align_every=2, num_rounds=4,
+                         llm="llamacpp", llm_lag=1)
+    whole.manager.generator = ScriptedLLM([FIRST, SECOND])
+    arrays = whole.initial_arrays(_initial_table())
+    per_round = lambda rnd, p: [[rnd] * p, [2] * p]  # noqa: E731
+    steps = list(_lagged_rounds(whole, arrays, range(1, 3), per_round))
+    buf = io.BytesIO()
+    torch.save(whole.state_dict(), buf)          # round 2: the revision is in flight
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    assert state["fedsllm"]["inflight"]["round"] == 2
+    resumed, _ = _strategy(tmp_path / "b", proto_update_every=2, align_every=2, num_rounds=4,
+                           llm="llamacpp", llm_lag=1)
+    resumed.manager.generator = ScriptedLLM([FIRST])  # the initial call only; asked again: fails
+    resumed.initial_arrays(_initial_table())
+    resumed.load_state_dict(state)
+    arrays = steps[-1][3]
+    a = [(s[0], s[2].get("prototype-requested-round")) for s in
+         _lagged_rounds(whole, arrays, range(3, 5), per_round)]
+    b = [(s[0], s[2].get("prototype-requested-round")) for s in
+         _lagged_rounds(resumed, arrays, range(3, 5), per_round)]
+    assert a == b == [(3, 2), (4, None)]
+    assert whole.names == resumed.names == SECOND_NAMES
+    np.testing.assert_allclose(whole.vectors, resumed.vectors, atol=1e-6)
 
 
 def test_alignment_alone_reembeds_prototypes(tmp_path):

@@ -179,7 +179,8 @@ class PrototypeManager:
         return emb
 
     def update(self, server_round: int, counts=None, item_embeddings=None) -> PrototypeSet:
-        """Ask the backend for new prototypes and return the set now in force.
+        """Ask the backend for new prototypes and return the set now in force
+        (:meth:`request`, :meth:`ask` and :meth:`install` in one go).
 
         Parameters
         ----------
@@ -205,6 +206,20 @@ class PrototypeManager:
         PrototypeError
             Nothing usable at the first call and the item table has no genres.
         """
+        request = self.request(counts, item_embeddings)
+        proposal, elapsed = self.ask(request)
+        return self.install(server_round, request, proposal, elapsed)
+
+    def request(self, counts=None, item_embeddings=None) -> PrototypeRequest:
+        """The backend request for a revision of the prototypes now in force (``counts``
+        int ``(P,)`` for them, ignored at the first call; ``item_embeddings`` float
+        ``(N, d)`` for :class:`ClusterPrototypes`).
+
+        Raises
+        ------
+        ValueError
+            ``counts`` is not aligned with the current prototypes.
+        """
         previous = self._current
         if counts is not None and previous is not None:
             counts = np.asarray(counts, dtype=np.int64).reshape(-1)
@@ -213,14 +228,34 @@ class PrototypeManager:
                                  f"{len(previous.names)} current prototypes")
         else:
             counts = None
-        request = PrototypeRequest(
+        return PrototypeRequest(
             items=self.items, max_prototypes=self.max_prototypes,
             previous=tuple(previous.names) if previous else (), counts=counts,
             item_embeddings=None if item_embeddings is None else np.asarray(item_embeddings),
             item_noun=self.item_noun)
+
+    def ask(self, request: PrototypeRequest) -> tuple[PrototypeProposal, float]:
+        """The backend's answer to ``request`` and the seconds it took. Reads and changes
+        nothing of the manager but the backend's own state (its call counter), so it may run
+        in another thread while the caller goes on (one request at a time)."""
         start = time.perf_counter()
         proposal = self.generator.propose(request)
-        elapsed = time.perf_counter() - start
+        return proposal, time.perf_counter() - start
+
+    def install(self, server_round: int, request: PrototypeRequest,
+                proposal: PrototypeProposal, elapsed: float) -> PrototypeSet:
+        """Validate ``proposal`` (the answer to ``request``, made from the prototypes in force
+        then), embed the accepted names with ``embed_fn`` as it is now, log the call under
+        ``server_round`` and put the result in force; falls back as the class describes.
+
+        Raises
+        ------
+        PrototypeBackendError
+            The backend failed and ``strict`` is set.
+        PrototypeError
+            Nothing usable at the first call and the item table has no genres.
+        """
+        previous = self._current
         reason = proposal.error
         if reason is not None and self.strict:
             self._log(server_round, request, proposal, [], "error", reason, elapsed)

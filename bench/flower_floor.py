@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Flower's own floor for an all-node round: a ClientApp that does nothing.
+
+Runs Flower 1.42's simulation engine (``flwr.simulation.run_simulation``: the same Ray backend,
+actor pool, dispatcher and in-memory LinkState as ``flwr run``) with ``--nodes`` nodes and a
+ClientApp whose handlers only reply. The ServerApp sends one message to every node per round, as
+fedmm's user query and all-user evaluation do, and times each ``send_and_receive``:
+
+* one ``query`` round first (cold: it waits for Ray's start and the actors' first load, as
+  fedmm's user discovery does) and ``--rounds`` more (warm);
+* ``--rounds`` ``evaluate`` rounds whose messages carry a float32 array of ``--kb`` KiB (the
+  ML-100K item table fedmm sends is 210 KiB) and whose replies carry ``--reply-kb`` KiB.
+
+Whatever a fedmm round costs above these figures is fedmm's (the client's work, its messages'
+contents); what they cost is Flower's and Ray's per-message round trip on this machine. fedmm's
+per-node message index (``--indexed``, fedmm/sim_dispatch.py, on in fedmm's runs by default) is
+applied the same way fedmm's ServerApp applies it.
+
+    .venv/bin/python bench/flower_floor.py --nodes 943 --rounds 6 --json bench/results/flower-floor.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def floor_apps(nodes: int, rounds: int, kb: float, reply_kb: float, indexed: bool,
+               result: dict):
+    """The (ServerApp, ClientApp) pair; the ServerApp writes its timings into ``result``:
+    ``query_cold_s`` (float), ``query_warm_s`` and ``evaluate_s`` (lists of seconds)."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+
+    from fedmm.sim_dispatch import index_grid_dispatch
+
+    down = np.zeros(int(kb * 1024) // 4, dtype=np.float32)
+    up = np.zeros(int(reply_kb * 1024) // 4, dtype=np.float32)
+    client = ClientApp()
+
+    @client.query()
+    def query(msg: Message, context: Context) -> Message:
+        return Message(RecordDict({"m": MetricRecord({"x": 1})}), reply_to=msg)
+
+    @client.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        content = RecordDict({"m": MetricRecord({"x": 1})})
+        if up.size:
+            content["a"] = ArrayRecord({"t": Array(up)})
+        return Message(content, reply_to=msg)
+
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        result["indexed"] = bool(indexed and index_grid_dispatch(grid))
+        while len(list(grid.get_node_ids())) < nodes:
+            time.sleep(0.05)
+        node_ids = sorted(grid.get_node_ids())
+
+        def one_round(kind: str, content_fn) -> float:
+            msgs = [Message(content_fn(), dst_node_id=n, message_type=kind) for n in node_ids]
+            t = time.perf_counter()
+            replies = list(grid.send_and_receive(msgs))
+            took = time.perf_counter() - t
+            errors = [r for r in replies if r.has_error()]
+            if len(replies) != len(node_ids) or errors:
+                raise RuntimeError(f"{kind}: {len(replies)} replies of {len(node_ids)}, "
+                                   f"{len(errors)} errors")
+            return took
+
+        result["query_cold_s"] = one_round("query", RecordDict)
+        result["query_warm_s"] = [one_round("query", RecordDict) for _ in range(rounds)]
+        table = ArrayRecord({"t": Array(down)})
+        result["evaluate_s"] = [one_round("evaluate", lambda: RecordDict({"a": table}))
+                                for _ in range(rounds)]
+
+    return server, client
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nodes", type=int, default=943)
+    p.add_argument("--rounds", type=int, default=6, help="warm query and evaluate rounds each")
+    p.add_argument("--kb", type=float, default=210.25, help="KiB of float32 sent to each node "
+                   "(default: ML-100K's 1,682 x 32 item table)")
+    p.add_argument("--reply-kb", type=float, default=0.0, help="KiB of float32 in each reply")
+    p.add_argument("--actors", type=int, default=2, help="client actors (num-cpus each: 1; "
+                   "Ray is given this many CPUs)")
+    p.add_argument("--no-index", dest="indexed", action="store_false",
+                   help="Flower's dispatch as is (no fedmm per-node index)")
+    p.add_argument("--json", type=Path, help="write the figures here")
+    a = p.parse_args(argv)
+    if a.nodes < 1 or a.rounds < 1 or a.actors < 1 or a.kb < 0 or a.reply_kb < 0:
+        p.error("--nodes, --rounds, --actors must be >= 1 and --kb, --reply-kb >= 0")
+    # As run.py sets it for flwr run: messages up to 4 MiB go inline, not through the object store.
+    os.environ.setdefault("RAY_max_direct_call_object_size", str(4 * 1024 * 1024))
+    sys.path.insert(0, str(ROOT))
+    from flwr.simulation import run_simulation
+
+    result: dict = {}
+    server, client = floor_apps(a.nodes, a.rounds, a.kb, a.reply_kb, a.indexed, result)
+    t = time.perf_counter()
+    run_simulation(server_app=server, client_app=client, num_supernodes=a.nodes,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": a.actors}})
+    if "evaluate_s" not in result:
+        raise SystemExit("flower_floor: the ServerApp did not finish (see Flower's log above)")
+    result.update({"nodes": a.nodes, "kb": a.kb, "reply_kb": a.reply_kb, "actors": a.actors,
+                   "wall_s": time.perf_counter() - t,
+                   "query_warm_median_s": statistics.median(result["query_warm_s"]),
+                   "evaluate_median_s": statistics.median(result["evaluate_s"])})
+    print(json.dumps({k: (round(v, 3) if isinstance(v, float) else
+                          [round(x, 3) for x in v] if isinstance(v, list) else v)
+                      for k, v in result.items()}))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
