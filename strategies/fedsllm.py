@@ -356,12 +356,16 @@ class FedSLLM(FedRecStrategy):
         import torch
 
         ae = self.autoencoder
-        inflight = self._inflight_state()   # first: it waits for the backend call
+        manager = None if self.manager is None else self.manager.state_dict()
+        if self._inflight is not None:
+            # The backend as it was before the call in flight (the call may be changing it now):
+            # a resumed run asks again from there (_inflight_from).
+            manager["generator"] = self._inflight["generator"]
         return {**super().state_dict(), "fedsllm": {
-            "inflight": inflight,
+            "inflight": self._inflight_state(),
             "autoencoder": None if ae is None else {"widths": list(ae.widths),
                                                     "weights": ae.state_dict()},
-            "manager": None if self.manager is None else self.manager.state_dict(),
+            "manager": manager,
             "pending": torch.from_numpy(np.asarray(self._pending, dtype=np.int64).copy()),
             "summary": json.dumps(self._summary),
         }}
@@ -547,6 +551,7 @@ class FedSLLM(FedRecStrategy):
             self._llm_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsllm-llm")
         request = self.manager.request(counts=self._pending)
         self._inflight = {"round": server_round, "request": request,
+                          "generator": self.manager.generator.state_dict(),
                           "future": self._llm_thread.submit(self.manager.ask, request)}
 
     def _install_lagged(self, server_round: int) -> None:
@@ -563,43 +568,39 @@ class FedSLLM(FedRecStrategy):
                         **{"requested-round": int(inflight["round"]), "wait-seconds": waited})
 
     def _inflight_state(self) -> dict[str, Any] | None:
-        """The request in flight for a checkpoint, after waiting for its answer (so that the
-        backend's state is read after the call): round, previous names, counts, the answer."""
+        """The request in flight for a checkpoint, without waiting for its answer: its round,
+        the previous names and the counts it carries (the backend's state before the call is
+        stored as the manager's, see :meth:`state_dict`)."""
         if self._inflight is None:
             return None
         import torch
 
-        proposal, seconds = self._inflight["future"].result()
         request = self._inflight["request"]
-        if proposal.vectors is not None:  # pragma: no cover - check(): LLM backends only
-            raise RuntimeError("a lagged revision carries backend vectors; not checkpointable")
         return {"round": int(self._inflight["round"]), "previous": list(request.previous),
                 "counts": None if request.counts is None
-                else torch.from_numpy(np.asarray(request.counts, dtype=np.int64).copy()),
-                "seconds": float(seconds),
-                "proposal": json.dumps({"names": list(proposal.names), "prompt": proposal.prompt,
-                                        "system": proposal.system, "response": proposal.response,
-                                        "error": proposal.error,
-                                        "truncated": bool(proposal.truncated)})}
+                else torch.from_numpy(np.asarray(request.counts, dtype=np.int64).copy())}
 
     def _inflight_from(self, state: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Inverse of :meth:`_inflight_state`: the answered request, to be installed at its
-        round (the resumed run installs what the uninterrupted one would have)."""
+        """Inverse of :meth:`_inflight_state`: the same request asked again (the backend was
+        restored to its state before the original call), to be put in force at its round, as in
+        the uninterrupted run (a local LLM gives the same answer to the same request from the
+        same state: greedy or seeded by its call counter, empty KV cache at every call)."""
         if state is None:
             return None
-        from concurrent.futures import Future
+        from concurrent.futures import ThreadPoolExecutor
 
-        from server_tasks.prototypes import PrototypeProposal, PrototypeRequest
+        from server_tasks.prototypes import PrototypeRequest
 
         request = PrototypeRequest(
             items=self.manager.items, max_prototypes=self.manager.max_prototypes,
             previous=tuple(state["previous"]),
             counts=None if state["counts"] is None else state["counts"].numpy().copy(),
             item_noun=self.manager.item_noun)
-        future: Future = Future()
-        future.set_result((PrototypeProposal(**json.loads(state["proposal"])),
-                           float(state["seconds"])))
-        return {"round": int(state["round"]), "request": request, "future": future}
+        if self._llm_thread is None:
+            self._llm_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsllm-llm")
+        return {"round": int(state["round"]), "request": request,
+                "generator": self.manager.generator.state_dict(),
+                "future": self._llm_thread.submit(self.manager.ask, request)}
 
     def _write(self, record: dict[str, Any]) -> None:
         if self.run_dir is None:

@@ -421,7 +421,8 @@ def test_a_checkpoint_with_a_revision_in_flight_resumes_as_the_uninterrupted_run
     import io
     whole, _ = _strategy(tmp_path / "a", proto_update_every=2, align_every=2, num_rounds=4,
                          llm="llamacpp", llm_lag=1)
-    whole.manager.generator = ScriptedLLM([FIRST, SECOND])
+    llm = ScriptedLLM([FIRST, SECOND])
+    whole.manager.generator = llm
     arrays = whole.initial_arrays(_initial_table())
     per_round = lambda rnd, p: [[rnd] * p, [2] * p]  # noqa: E731
     steps = list(_lagged_rounds(whole, arrays, range(1, 3), per_round))
@@ -432,7 +433,8 @@ def test_a_checkpoint_with_a_revision_in_flight_resumes_as_the_uninterrupted_run
     assert state["fedsllm"]["inflight"]["round"] == 2
     resumed, _ = _strategy(tmp_path / "b", proto_update_every=2, align_every=2, num_rounds=4,
                            llm="llamacpp", llm_lag=1)
-    resumed.manager.generator = ScriptedLLM([FIRST])  # the initial call only; asked again: fails
+    again = ScriptedLLM([FIRST, SECOND])  # the initial call, then the request in flight again
+    resumed.manager.generator = again
     resumed.initial_arrays(_initial_table())
     resumed.load_state_dict(state)
     arrays = steps[-1][3]
@@ -443,6 +445,29 @@ def test_a_checkpoint_with_a_revision_in_flight_resumes_as_the_uninterrupted_run
     assert a == b == [(3, 2), (4, None)]
     assert whole.names == resumed.names == SECOND_NAMES
     np.testing.assert_allclose(whole.vectors, resumed.vectors, atol=1e-6)
+    assert again.prompts[1] == llm.prompts[1] and len(again.prompts) == len(llm.prompts) == 2
+
+
+def test_a_checkpoint_does_not_wait_for_the_revision_in_flight(tmp_path):
+    import threading
+    strategy, _ = _strategy(tmp_path, proto_update_every=2, align_every=0, num_rounds=4,
+                            llm="llamacpp", llm_lag=1)
+    release = threading.Event()
+
+    class SlowLLM(ScriptedLLM):
+        def complete(self, prompt, system=None):
+            if self.prompts:            # the revision: held until the test releases it
+                assert release.wait(10)
+            return super().complete(prompt, system)
+
+    strategy.manager.generator = SlowLLM([FIRST, SECOND])
+    arrays = strategy.initial_arrays(_initial_table())
+    steps = _lagged_rounds(strategy, arrays, range(1, 4), lambda rnd, p: [[1] * p, [1] * p])
+    next(steps), next(steps)                      # round 2: asked, not answered
+    state = strategy.state_dict()                 # returns while the call is held
+    assert state["fedsllm"]["inflight"]["round"] == 2 and not release.is_set()
+    release.set()
+    assert next(steps)[2]["prototype-requested-round"] == 2 and strategy.names == SECOND_NAMES
 
 
 def test_alignment_alone_reembeds_prototypes(tmp_path):
