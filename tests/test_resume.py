@@ -165,6 +165,35 @@ def test_resumed_fedsllm_cluster_run_equals_the_uninterrupted_one(tmp_path, tiny
     assert strip(rows(whole, "prototypes.jsonl")) == strip(rows(resumed, "prototypes.jsonl"))
 
 
+def test_resumed_lagged_fedsllm_run_asks_the_revision_in_flight_again(tmp_path, tiny_grouplens,
+                                                                      chat_server):
+    """fedsllm-llm-lag: the checkpoint of round 2 holds the revision asked at round 2 (in force
+    after round 3); the resumed run asks it again and ends as the uninterrupted run."""
+    # One answer for every request: both runs and the resume share the server's counter.
+    url, seen = chat_server(["1. Action adventure\n2. Animated family\n3. Crime thriller"])
+    overrides = (f"{BASE} method='fedsllm' fedsllm-llm='openai:{url}/v1:fake' fedsllm-llm-lag=1 "
+                 "fedsllm-proto-update-every=2 fedsllm-align-every=2 fedsllm-fraction=0.5 "
+                 "fedsllm-ae-epochs=5 fedsllm-align-epochs=2 fedsllm-max-prototypes=3")
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    ok(run_py(tmp_path, *fresh_args(tmp_path, whole, tiny_grouplens, overrides)))
+    assert len(seen) == 2                           # the initial set, the revision of round 2
+    proc = run_py(tmp_path, *fresh_args(tmp_path, cut, tiny_grouplens, overrides), crash_round=4)
+    assert proc.returncode == 130, proc.stdout[-3000:] + proc.stderr[-3000:]
+    done, _, state = load_checkpoint(cut / "r-s1")
+    assert done == 2 and state["fedsllm"]["inflight"]["round"] == 2
+    ok(run_py(tmp_path, "--engine", "inprocess", "--resume", str(cut / "r-s1")))
+    assert len(seen) == 5                           # the resume asked round 2's request again
+    assert seen[4]["body"]["messages"] == seen[3]["body"]["messages"] == seen[1]["body"]["messages"]
+    final = assert_same_run(whole / "r-s1", cut / "r-s1")
+    assert final["fedsllm"]["prototype-updates"] == 1
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith("seconds")}  # noqa: E731
+                        for r in rs]
+    updates = [r for r in rows(cut / "r-s1", "prototypes.jsonl") if r["event"] == "update"]
+    assert [(r["round"], r["requested-round"]) for r in updates] == [(3, 2)]
+    assert strip(rows(whole / "r-s1", "prototypes.jsonl")) == strip(rows(cut / "r-s1",
+                                                                          "prototypes.jsonl"))
+
+
 # ----- --resume refuses, touching nothing -------------------------------------------------
 def _snapshot(d: Path) -> dict[str, str]:
     return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
