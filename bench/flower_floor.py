@@ -62,7 +62,11 @@ def floor_apps(nodes: int, rounds: int, kb: float, reply_kb: float, indexed: boo
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         result["indexed"] = bool(indexed and index_grid_dispatch(grid))
+        deadline = time.monotonic() + 300
         while len(list(grid.get_node_ids())) < nodes:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(list(grid.get_node_ids()))} of {nodes} nodes "
+                                   f"registered after 300 s")
             time.sleep(0.05)
         node_ids = sorted(grid.get_node_ids())
 
