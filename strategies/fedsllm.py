@@ -510,10 +510,12 @@ class FedSLLM(FedRecStrategy):
         self._installed(server_round, result, previous, counts, time.perf_counter() - start)
 
     def _installed(self, server_round: int, result, previous: list[str],
-                   counts: np.ndarray | None, seconds: float, **lagged: Any) -> None:
+                   counts: np.ndarray | None, seconds: float,
+                   lagged: dict[str, Any] | None = None) -> None:
         """Book-keeping after a prototype set was put in force: counts restart, summary, round
         info, ``prototypes.jsonl``, the log line. ``lagged``: ``requested-round`` and
         ``wait-seconds`` of a lagged revision (``seconds`` is then the backend call's)."""
+        lagged = lagged or {}
         if result.vectors is None:  # pragma: no cover - both backends give vectors here
             raise RuntimeError("prototype backend produced no vectors")
         self._pending = np.zeros(len(self.names), dtype=np.int64)
@@ -543,16 +545,22 @@ class FedSLLM(FedRecStrategy):
         now (prototypes in force, counts summed since the last revision); the answer is put in
         force at round ``server_round + L`` (:meth:`_install_lagged`). Counts that come in
         meanwhile are for the prototypes then in force and are dropped at that install."""
-        from concurrent.futures import ThreadPoolExecutor
-
         if self._inflight is not None:  # pragma: no cover - check(): L < proto-update-every
             raise RuntimeError("a lagged prototype revision is already in flight")
+        self._inflight = self._ask_in_background(server_round, self._pending)
+
+    def _ask_in_background(self, server_round: int, counts: np.ndarray) -> dict[str, Any]:
+        """The revision request for the prototypes in force with ``counts``, handed to the LLM
+        thread: ``{"round", "request", "generator"`` (the backend's state before the call)
+        ``, "future"}``."""
+        from concurrent.futures import ThreadPoolExecutor
+
         if self._llm_thread is None:
             self._llm_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsllm-llm")
-        request = self.manager.request(counts=self._pending)
-        self._inflight = {"round": server_round, "request": request,
-                          "generator": self.manager.generator.state_dict(),
-                          "future": self._llm_thread.submit(self.manager.ask, request)}
+        request = self.manager.request(counts=counts)
+        return {"round": server_round, "request": request,
+                "generator": self.manager.generator.state_dict(),
+                "future": self._llm_thread.submit(self.manager.ask, request)}
 
     def _install_lagged(self, server_round: int) -> None:
         """Wait for the request in flight (if it is not answered yet) and put its prototypes in
@@ -565,20 +573,20 @@ class FedSLLM(FedRecStrategy):
         request = inflight["request"]
         result = self.manager.install(server_round, request, proposal, seconds)
         self._installed(server_round, result, list(request.previous), request.counts, seconds,
-                        **{"requested-round": int(inflight["round"]), "wait-seconds": waited})
+                        {"requested-round": int(inflight["round"]), "wait-seconds": waited})
 
     def _inflight_state(self) -> dict[str, Any] | None:
-        """The request in flight for a checkpoint, without waiting for its answer: its round,
-        the previous names and the counts it carries (the backend's state before the call is
-        stored as the manager's, see :meth:`state_dict`)."""
+        """The request in flight for a checkpoint, without waiting for its answer: its round and
+        the counts it carries (it was made from the prototypes in force, which the checkpoint
+        holds; the backend's state before the call is stored as the manager's, see
+        :meth:`state_dict`)."""
         if self._inflight is None:
             return None
         import torch
 
-        request = self._inflight["request"]
-        return {"round": int(self._inflight["round"]), "previous": list(request.previous),
-                "counts": None if request.counts is None
-                else torch.from_numpy(np.asarray(request.counts, dtype=np.int64).copy())}
+        counts = self._inflight["request"].counts
+        return {"round": int(self._inflight["round"]),
+                "counts": torch.from_numpy(np.asarray(counts, dtype=np.int64).copy())}
 
     def _inflight_from(self, state: dict[str, Any] | None) -> dict[str, Any] | None:
         """Inverse of :meth:`_inflight_state`: the same request asked again (the backend was
@@ -587,20 +595,7 @@ class FedSLLM(FedRecStrategy):
         same state: greedy or seeded by its call counter, empty KV cache at every call)."""
         if state is None:
             return None
-        from concurrent.futures import ThreadPoolExecutor
-
-        from server_tasks.prototypes import PrototypeRequest
-
-        request = PrototypeRequest(
-            items=self.manager.items, max_prototypes=self.manager.max_prototypes,
-            previous=tuple(state["previous"]),
-            counts=None if state["counts"] is None else state["counts"].numpy().copy(),
-            item_noun=self.manager.item_noun)
-        if self._llm_thread is None:
-            self._llm_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsllm-llm")
-        return {"round": int(state["round"]), "request": request,
-                "generator": self.manager.generator.state_dict(),
-                "future": self._llm_thread.submit(self.manager.ask, request)}
+        return self._ask_in_background(int(state["round"]), state["counts"].numpy().copy())
 
     def _write(self, record: dict[str, Any]) -> None:
         if self.run_dir is None:
