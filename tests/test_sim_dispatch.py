@@ -77,6 +77,7 @@ def test_indexed_sweeps_hand_out_the_same_messages_as_flowers_scan():
     assert set(plain.message_ins_store) == set(indexed.message_ins_store)
     assert all(m.metadata.delivered_at for m in indexed.message_ins_store.values())
     assert "m11-103-99" not in indexed.message_ins_store
+    assert not indexed.message_ins_store.by_node   # the index holds undelivered messages only
     # no limit: all of a node's undelivered messages, in order
     plain2, indexed2 = _state(_messages()), _state(_messages())
     index_dispatch(indexed2)
@@ -92,7 +93,7 @@ def test_the_index_follows_deletions_and_new_messages():
     victims = {k for k in store if k.endswith("-1")}
     state.delete_messages(victims)
     assert not victims & set(store)
-    assert {k for ids in store.by_node.values() for k in ids} == set(store)
+    assert {k for ids in store.by_node.values() for k in ids} == set(store)   # none delivered
     store["new"] = _message(RUNS[0], 999, 0)
     assert _ids(state.get_message_ins(node_id=999, limit=1)) == ["m11-999-0"]
     with pytest.raises(AssertionError):
