@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:   # annotations only: importing this module does not import pandas
+    import pandas as pd
 
 #: Columns of :attr:`RawData.interactions`.
 INTERACTION_COLUMNS = ("user", "item", "rating", "timestamp")

@@ -26,12 +26,15 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from fedmm.config import TIE_CHOICES
 from fedmm.data.raw import DataError, RawData
+
+if TYPE_CHECKING:   # pandas only where a split is built: a cached split (every client) is numpy
+    import pandas as pd
 
 SPLIT_VERSION = 1
 
@@ -120,6 +123,8 @@ class ItemSide:
 
 
 def _sorted_ids(ids: np.ndarray) -> np.ndarray:
+    import pandas as pd
+
     uniq = pd.unique(ids)
     try:
         return np.array(sorted(uniq, key=int), dtype=object)
@@ -130,6 +135,8 @@ def _sorted_ids(ids: np.ndarray) -> np.ndarray:
 def build_split(raw: RawData, rating_threshold: float, min_interactions: int,
                 ties: str = "file-order") -> tuple[FederatedData, ItemSide]:
     """Apply the protocol of this module to ``raw`` (rows in the data file's order)."""
+    import pandas as pd
+
     if ties not in TIE_CHOICES:
         raise ValueError(f"ties={ties!r}: choose one of {list(TIE_CHOICES)}")
     df = raw.interactions
