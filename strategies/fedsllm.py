@@ -111,6 +111,7 @@ class FedSLLMConfig(ConfigSection):
     llm_temperature: float = 0.0
     llm_threads: int = 0
     llm_lag: int = 0
+    llm_stop_full: bool = True
     max_prototypes: int = 10
     proto_update_every: int = 10
     align_every: int = 10
@@ -245,7 +246,8 @@ class FedSLLM(FedRecStrategy):
                 embed_fn=self._embed_names if settings.sampler == "fedsllm" else None,
                 max_prototypes=settings.max_prototypes,
                 item_noun=item_noun_for(dataset_key, settings.item_noun),
-                log_path=None if self.run_dir is None else self.run_dir / "prototype-prompts.jsonl")
+                log_path=None if self.run_dir is None else self.run_dir / "prototype-prompts.jsonl",
+                stop_full=settings.llm_stop_full)
         self.autoencoder = None
         self._x = None  # torch float32 (N, D): item text embeddings
         self._pending = np.zeros(0, dtype=np.int64)  # counts summed since the last revision

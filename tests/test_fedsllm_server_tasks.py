@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 import socket
 import time
 
@@ -38,6 +39,7 @@ from server_tasks.autoencoder import (
     init_item_embeddings,
     pretrain_autoencoder,
 )
+from server_tasks.prototypes.parsing import count_usable, full_list_prefix
 from server_tasks.prototypes import (
     drop_cut_entry,
     ChatLLM,
@@ -331,6 +333,56 @@ class CutLLM(ScriptedLLM):
         return self.complete(prompt, system), True
 
 
+def test_full_list_prefix_reads_finished_lines_of_a_marked_list():
+    two = lambda names: len(names) >= 2      # noqa: E731
+    assert full_list_prefix("1. Aa bb\n2. Cc dd\n3. Ee", two) == "1. Aa bb\n2. Cc dd"
+    assert full_list_prefix("Types:\n- Aa bb\n- Cc dd\n", two) == "Types:\n- Aa bb\n- Cc dd"
+    assert full_list_prefix("1. Aa bb\n2. Cc dd", two) is None       # line 2 not finished
+    assert full_list_prefix("1. Aa bb 2. Cc dd", two) is None          # no newline yet
+    assert full_list_prefix("1. Aa bb\n", two) is None                  # not full yet
+    assert full_list_prefix("Aa bb, Cc dd, Ee ff\n", two) is None       # not a marked list
+    assert full_list_prefix('["Aa bb",\n"Cc dd"]\n', two) is None      # JSON
+    assert count_usable(["Aa", "aa ", "  ", "x" * 61, "Bb"]) == 2
+
+
+class StreamedLLM(ScriptedLLM):
+    """ScriptedLLM that generates its answers word by word and can stop early."""
+
+    stops_early = True
+
+    def generate(self, prompt, system=None, done=None):
+        pieces = re.findall(r"\S+\s*", self.complete(prompt, system))
+        self.generated, out = 0, ""
+        for piece in pieces:
+            out += piece
+            self.generated += 1
+            if done is not None and "\n" in piece and done(out):
+                break
+        return out, False
+
+
+def test_generation_stops_once_the_list_is_full_and_keeps_the_same_names(tmp_path):
+    answer = ("1. Action adventure\n2. Toy Story\n3. Romantic comedy\n4. action adventure\n"
+              "5. Crime thriller\n6. War drama\n7. Heist comedy\n\nHere are more types")
+    n_words = len(answer.split())
+    kept = ["Action adventure", "Romantic comedy", "Crime thriller"]  # a title, a repeat out
+    runs = {}
+    for stop in (True, False):
+        llm, log = StreamedLLM([answer]), tmp_path / f"{stop}.jsonl"
+        mgr = PrototypeManager(llm, _items(), embed_fn=_fake_embed, max_prototypes=3,
+                               log_path=log, stop_full=stop)
+        runs[stop] = (mgr.update(0).names, llm.generated, _read_log(log)[0])
+    assert runs[True][0] == runs[False][0] == kept
+    assert runs[False][1] == n_words and runs[True][1] < n_words
+    stopped, whole = runs[True][2], runs[False][2]
+    assert stopped["stopped_full"] is True and stopped["truncated"] is False
+    assert stopped["response"] == answer[:answer.index("\n6.")]
+    assert whole["stopped_full"] is False and whole["response"] == answer
+    # A backend that cannot stop early is asked as before.
+    mgr = PrototypeManager(ScriptedLLM([answer]), _items(), max_prototypes=3)
+    assert mgr.update(0).names == kept
+
+
 def test_truncated_answer_loses_its_fragment_and_is_logged(tmp_path):
     log = tmp_path / "p.jsonl"
     answer = "1. Action adventure\n2. Romantic comedy\n3. Crime thriller\n4. Boogie Wo"
@@ -403,11 +455,26 @@ def test_packaged_smollm2_gives_validated_prototypes_or_logged_fallback(tmp_path
     assert record["backend"] == "transformers" and isinstance(record["response"], str)
     text, cut = TransformersLLM(max_new_tokens=5, threads=2).generate("List ten movie genres.")
     assert cut is True and text     # 5 new tokens cannot finish a list: cut at the bound
+    _check_stop_is_a_prefix(TransformersLLM(max_new_tokens=60))
     assert torch.get_num_threads() == 1     # the process's setting is back after the call
     if result.source == "generated":
         assert validate_prototypes(result.names, 2, 4) == result.names
     else:
         assert record["reason"]
+
+
+def _check_stop_is_a_prefix(llm):
+    """A real model stopped once its list holds 3 names gives the start of its whole answer."""
+    prompt = "Write a numbered list of 8 movie genres. Only the list."
+    three = lambda names: len(names) >= 3      # noqa: E731
+    whole = llm.answer(prompt)
+    stopped = llm.answer(prompt, is_full=three)
+    firsts = [full_list_prefix(whole.response[:i + 1], three)
+              for i, ch in enumerate(whole.response) if ch == "\n"]
+    expected = next((f for f in firsts if f is not None), None)
+    print(f"{llm.name}: whole {whole.response!r}; stopped {stopped.response!r}")
+    assert stopped.stopped_full == (expected is not None)
+    assert stopped.response == (whole.response if expected is None else expected)
 
 
 # ----- llama.cpp backend ----------------------------------------------------------------------
@@ -425,11 +492,21 @@ class _FakeLlama:
     def reset(self):
         self.events.append("reset")
 
-    def create_chat_completion(self, messages, max_tokens, temperature, top_p, seed):
+    #: The answer, streamed in "tokens" of 3 characters.
+    answer = "1. Space opera\n2. Courtroom drama\n3. Heist comedy\n4. Slasher"
+
+    def create_chat_completion(self, messages, max_tokens, temperature, top_p, seed, stream):
         self.events.append(("chat", messages, max_tokens, temperature, seed))
-        text = "1. Space opera\n2. Courtroom drama\n3. Heist comedy\n4. Slasher"
-        return {"choices": [{"message": {"content": text[:max_tokens * 3]},
-                             "finish_reason": "length" if max_tokens < 10 else "stop"}]}
+        assert stream is True
+        return self._stream(self.answer[:max_tokens * 3], max_tokens)
+
+    def _stream(self, text, max_tokens):
+        yield {"choices": [{"delta": {"role": "assistant"}, "finish_reason": None}]}
+        for i in range(0, len(text), 3):
+            self.events.append("token")
+            yield {"choices": [{"delta": {"content": text[i:i + 3]}, "finish_reason": None}]}
+        yield {"choices": [{"delta": {},
+                            "finish_reason": "length" if max_tokens < 10 else "stop"}]}
 
 
 def test_llamacpp_backend_calls_llama_cpp_from_a_clean_cache(monkeypatch, tmp_path):
@@ -452,8 +529,9 @@ def test_llamacpp_backend_calls_llama_cpp_from_a_clean_cache(monkeypatch, tmp_pa
         (fake,) = _FakeLlama.instances          # loaded once, reused
         assert fake.args == dict(model_path=str(gguf), n_ctx=2048, n_threads=2,
                                  n_threads_batch=2, verbose=False)
-        chats = [e for e in fake.events if e != "reset"]
-        assert fake.events[0] == "reset" and fake.events[2] == "reset"  # before every call
+        chats = [e for e in fake.events if e not in ("reset", "token")]
+        assert fake.events[0] == "reset"
+        assert fake.events[fake.events.index(chats[1]) - 1] == "reset"  # before every call
         assert [c[4] for c in chats] == [5, 6] and all(c[2] == 40 and c[3] == 0.0 for c in chats)
         assert chats[1][1][-1]["role"] == "user" and "Courtroom drama" in chats[1][1][-1]["content"]
         assert llm.state_dict() == {"calls": 2}
@@ -462,6 +540,16 @@ def test_llamacpp_backend_calls_llama_cpp_from_a_clean_cache(monkeypatch, tmp_pa
         assert cut is True and text == "1. Space opera\n"
         with pytest.raises(ValueError, match="n_ctx"):
             backends.LlamaCppLLM(str(gguf), max_new_tokens=100, n_ctx=100)
+        # Full at 2 names: the stream stops at the newline after the second entry.
+        fake.events.clear()
+        proposal = llm.answer("List.", is_full=lambda names: len(names) >= 2)
+        assert proposal.stopped_full and proposal.truncated is False
+        assert proposal.response == "1. Space opera\n2. Courtroom drama"
+        assert proposal.names == ["Space opera", "Courtroom drama"]
+        # the 12th 3-character token holds that newline; the whole answer is 20 tokens
+        assert fake.events.count("token") == 12
+        whole = llm.answer("List.", is_full=lambda names: len(names) >= 9)   # never full
+        assert not whole.stopped_full and whole.response == _FakeLlama.answer
     finally:
         backends._load_llama.cache_clear()
 
@@ -501,6 +589,7 @@ def test_packaged_smollm2_through_llama_cpp():
         again, _ = backends.LlamaCppLLM(max_new_tokens=5, threads=1).generate(
             "List ten movie genres.")
         assert again == text     # greedy, fresh KV cache: the same answer
+        _check_stop_is_a_prefix(backends.LlamaCppLLM(max_new_tokens=60, threads=1))
     finally:
         backends._load_llama.cache_clear()
 

@@ -24,6 +24,7 @@ import socket
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import pandas as pd
 
 from fedmm.config import ConfigError
 from server_tasks.prototypes.errors import PrototypeBackendError
-from server_tasks.prototypes.parsing import drop_cut_entry, parse_prototypes
+from server_tasks.prototypes.parsing import drop_cut_entry, full_list_prefix, parse_prototypes
 from server_tasks.prototypes.prompts import (SYSTEM_PROMPT, _check_max, initial_prompt,
                                              update_prompt)
 
@@ -60,6 +61,11 @@ class PrototypeRequest:
         :class:`ClusterPrototypes`).
     item_noun : str
         See :func:`initial_prompt`.
+    is_full : callable or None
+        ``(list[str]) -> bool``: whether parsed names already fill the list (the validation
+        would keep no more). A local LLM backend then stops generating once its answer holds
+        a full list (:func:`~server_tasks.prototypes.parsing.full_list_prefix`); ``None``
+        generates up to the length bound.
     """
 
     items: pd.DataFrame
@@ -68,6 +74,7 @@ class PrototypeRequest:
     counts: np.ndarray | None = None
     item_embeddings: np.ndarray | None = None
     item_noun: str = "item"
+    is_full: Callable[[list[str]], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,9 @@ class PrototypeProposal:
     truncated : bool
         The answer stopped at the backend's length bound; its unfinished last entry was not
         parsed (:func:`drop_cut_entry`).
+    stopped_full : bool
+        Generation was stopped once the answer held a full list (``request.is_full``);
+        ``response`` is the answer up to there.
     """
 
     names: list[str]
@@ -97,6 +107,7 @@ class PrototypeProposal:
     response: str | None = None
     error: str | None = None
     truncated: bool = False
+    stopped_full: bool = False
 
 
 class PrototypeGenerator(ABC):
@@ -126,6 +137,8 @@ class ChatLLM(PrototypeGenerator):
     name = "llm"
     #: System message sent with every prompt (``None``: none, i.e. the chat template's default).
     system: str | None = SYSTEM_PROMPT
+    #: Whether :meth:`generate` takes ``done`` (it can stop once the answer is complete).
+    stops_early: bool = False
 
     @abstractmethod
     def complete(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> str:
@@ -156,14 +169,29 @@ class ChatLLM(PrototypeGenerator):
         return initial_prompt(request.items, request.max_prototypes, item_noun=request.item_noun)
 
     def propose(self, request: PrototypeRequest) -> PrototypeProposal:
-        """Prompt the model and parse its answer (backend errors go to ``error``)."""
-        prompt = self.build_prompt(request)
+        """Prompt the model with :meth:`build_prompt` and parse its answer (:meth:`answer`)."""
+        return self.answer(self.build_prompt(request), request.is_full)
+
+    def answer(self, prompt: str, is_full: Callable[[list[str]], bool] | None = None
+               ) -> PrototypeProposal:
+        """The model's parsed answer to ``prompt`` (backend errors go to ``error``). With
+        ``is_full`` (see :class:`PrototypeRequest`) and a backend that :attr:`stops_early`,
+        generation stops at the first newline after which the answer holds a full list, and
+        the answer is kept up to there."""
+        watch = _FullList(is_full) if self.stops_early and is_full is not None else None
         try:
-            response, truncated = self.generate(prompt, self.system)
+            if watch is None:
+                response, truncated = self.generate(prompt, self.system)
+            else:
+                response, truncated = self.generate(prompt, self.system, done=watch)
         except PrototypeBackendError as exc:
             return PrototypeProposal([], prompt=prompt, system=self.system, error=str(exc))
+        stopped = watch is not None and watch.text is not None
+        if stopped:
+            response, truncated = watch.text, False
         return PrototypeProposal(self.parse_answer(response, truncated), prompt=prompt,
-                                 system=self.system, response=response, truncated=truncated)
+                                 system=self.system, response=response, truncated=truncated,
+                                 stopped_full=stopped)
 
     @staticmethod
     def parse_answer(response: str, truncated: bool) -> list[str]:
@@ -182,9 +210,25 @@ class ChatLLM(PrototypeGenerator):
 
         Backends that can tell (:class:`TransformersLLM`, :class:`OpenAICompatible`) override
         this; :meth:`propose` then drops the unfinished last entry (:func:`drop_cut_entry`).
-        The default reports ``False``.
+        The default reports ``False``. Backends that set :attr:`stops_early` also take
+        ``done``, ``(answer so far) -> bool``, called at each newline of the answer; they stop
+        generating when it returns true (the answer is then not cut: ``False``).
         """
         return self.complete(prompt, system), False
+
+
+class _FullList:
+    """``done`` callback for :meth:`ChatLLM.generate`: true once the answer so far holds a
+    full list (:func:`full_list_prefix`), which it keeps in :attr:`text`."""
+
+    def __init__(self, is_full: Callable[[list[str]], bool]) -> None:
+        self.is_full = is_full
+        self.text: str | None = None
+
+    def __call__(self, answer: str) -> bool:
+        if self.text is None:
+            self.text = full_list_prefix(answer, self.is_full)
+        return self.text is not None
 
 
 class LocalChatLLM(ChatLLM):
@@ -309,6 +353,7 @@ class TransformersLLM(LocalChatLLM):
     """
 
     name = "transformers"
+    stops_early = True
 
     def __init__(self, model: str | None = None, *, gguf_file: str | None = None,
                  max_new_tokens: int = 160, temperature: float = 0.0, top_p: float = 0.95,
@@ -342,8 +387,10 @@ class TransformersLLM(LocalChatLLM):
         name, gguf = self._resolve()
         return _load_causal_lm(name, gguf, self.device)
 
-    def generate(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> tuple[str, bool]:
-        """Answer and whether it stopped at ``max_new_tokens`` without an end token."""
+    def generate(self, prompt: str, system: str | None = SYSTEM_PROMPT,
+                 done: Callable[[str], bool] | None = None) -> tuple[str, bool]:
+        """Answer and whether it stopped at ``max_new_tokens`` without an end token; stops
+        early when ``done`` (see :meth:`ChatLLM.generate`) returns true."""
         import torch
 
         tokenizer, model = self.load()
@@ -362,6 +409,10 @@ class TransformersLLM(LocalChatLLM):
             gen_kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
         else:
             gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if done is not None:
+            from transformers import StoppingCriteriaList
+            gen_kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenDone(
+                tokenizer, inputs["input_ids"].shape[1], done)])
         before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -378,6 +429,27 @@ class TransformersLLM(LocalChatLLM):
         ended = any(int(t) in stop for t in new.tolist())
         truncated = int(new.shape[0]) >= self.max_new_tokens and not ended
         return tokenizer.decode(new, skip_special_tokens=True), truncated
+
+
+class _StopWhenDone:
+    """``transformers`` stopping criterion: decode the answer at each token that holds a
+    newline and stop when ``done(answer)`` is true (batch of one)."""
+
+    def __init__(self, tokenizer, prompt_len: int, done: Callable[[str], bool]) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_len = int(prompt_len)
+        self.done = done
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        stop = False
+        if input_ids.shape[1] > self.prompt_len and "\n" in self.tokenizer.decode(
+                input_ids[0, -1:], skip_special_tokens=True):
+            stop = bool(self.done(self.tokenizer.decode(input_ids[0, self.prompt_len:],
+                                                        skip_special_tokens=True)))
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool,
+                          device=input_ids.device)
 
 
 @functools.lru_cache(maxsize=1)
@@ -434,6 +506,7 @@ class LlamaCppLLM(LocalChatLLM):
     """
 
     name = "llamacpp"
+    stops_early = True
 
     def __init__(self, model_path: str | None = None, *, max_new_tokens: int = 160,
                  temperature: float = 0.0, top_p: float = 0.95, seed: int = 0,
@@ -462,21 +535,33 @@ class LlamaCppLLM(LocalChatLLM):
         path = self.model_path or str(packaged_smollm2_dir() / SMOLLM2_GGUF)
         return _load_llama(path, self.n_ctx, self.threads)
 
-    def generate(self, prompt: str, system: str | None = SYSTEM_PROMPT) -> tuple[str, bool]:
-        """Answer and whether it stopped at ``max_new_tokens`` (finish reason ``length``)."""
+    def generate(self, prompt: str, system: str | None = SYSTEM_PROMPT,
+                 done: Callable[[str], bool] | None = None) -> tuple[str, bool]:
+        """Answer and whether it stopped at ``max_new_tokens`` (finish reason ``length``);
+        stops early when ``done`` (see :meth:`ChatLLM.generate`) returns true. The answer is
+        streamed token by token, which gives the same text as a single call."""
         llm = self.load()
         messages = self.chat_messages(prompt, system)
         llm.reset()  # no KV prefix carried over from the previous call
+        parts: list[str] = []
+        finish = None
         try:
-            out = llm.create_chat_completion(
+            stream = llm.create_chat_completion(
                 messages, max_tokens=self.max_new_tokens, temperature=self.temperature,
                 top_p=self.top_p if self.temperature > 0 else 1.0,
-                seed=self.seed + self._calls)
+                seed=self.seed + self._calls, stream=True)
+            for chunk in stream:
+                choice = chunk["choices"][0]
+                piece = choice["delta"].get("content") or ""
+                parts.append(piece)
+                finish = choice.get("finish_reason") or finish
+                if done is not None and "\n" in piece and done("".join(parts)):
+                    stream.close()
+                    break
         except ValueError as exc:  # e.g. the prompt exceeds n_ctx
             raise PrototypeBackendError(f"llama.cpp generation failed: {exc}") from exc
         self._calls += 1
-        choice = out["choices"][0]
-        return str(choice["message"]["content"] or ""), choice.get("finish_reason") == "length"
+        return "".join(parts), finish == "length"
 
 
 class OpenAICompatible(ChatLLM):

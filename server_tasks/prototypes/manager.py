@@ -20,7 +20,8 @@ from server_tasks.prototypes.backends import (PrototypeGenerator, PrototypePropo
 from server_tasks.prototypes.embedding import cosine_similarity_matrix
 from server_tasks.prototypes.errors import (PrototypeBackendError, PrototypeError,
                                             PrototypeValidationError)
-from server_tasks.prototypes.parsing import _title_keys, genre_prototypes, validate_prototypes
+from server_tasks.prototypes.parsing import (_title_keys, count_usable, genre_prototypes,
+                                             validate_prototypes)
 from server_tasks.prototypes.prompts import _check_items, _check_max
 
 logger = logging.getLogger(__name__)
@@ -85,13 +86,17 @@ class PrototypeManager:
         JSON-lines log (parents created; appended to). ``None`` logs nothing to file.
     strict : bool, default False
         Raise :class:`PrototypeBackendError` on backend failures instead of falling back.
+    stop_full : bool, default True
+        Let a local LLM stop generating once its answer holds ``max_prototypes`` usable names
+        (:meth:`is_full`): what it would write after them is dropped by the validation
+        anyway, so the accepted names are the same. ``False``: generate up to the length bound.
     """
 
     def __init__(self, generator: PrototypeGenerator, items: pd.DataFrame, *,
                  embed_fn: Callable[[list[str]], np.ndarray] | None = None,
                  max_prototypes: int = 20, min_prototypes: int = 2, max_len: int = 60,
                  item_noun: str = "item", log_path: str | Path | None = None,
-                 strict: bool = False) -> None:
+                 strict: bool = False, stop_full: bool = True) -> None:
         if not isinstance(generator, PrototypeGenerator):
             raise TypeError(f"generator must be a PrototypeGenerator, got "
                             f"{type(generator).__name__}")
@@ -108,6 +113,7 @@ class PrototypeManager:
         self.item_noun = item_noun
         self.log_path = Path(log_path) if log_path is not None else None
         self.strict = bool(strict)
+        self.stop_full = bool(stop_full)
         self._current: PrototypeSet | None = None
         self._backend_vectors = False  # whether _current.vectors came from the backend
         self._titles = _title_keys(items)
@@ -232,7 +238,26 @@ class PrototypeManager:
             items=self.items, max_prototypes=self.max_prototypes,
             previous=tuple(previous.names) if previous else (), counts=counts,
             item_embeddings=None if item_embeddings is None else np.asarray(item_embeddings),
-            item_noun=self.item_noun)
+            item_noun=self.item_noun, is_full=self.is_full if self.stop_full else None)
+
+    def accept(self, names: list[str]) -> list[str]:
+        """The names :meth:`install` keeps of parsed ``names``: item titles dropped, then
+        :func:`validate_prototypes` with the manager's bounds.
+
+        Raises
+        ------
+        PrototypeValidationError
+            Fewer than ``min_prototypes`` usable names.
+        """
+        kept = [n for n in names if n.casefold() not in self._titles]
+        return validate_prototypes(kept, self.min_prototypes, self.max_prototypes, self.max_len)
+
+    def is_full(self, names: list[str]) -> bool:
+        """Whether :meth:`install` would already keep ``max_prototypes`` of these parsed names
+        (item titles dropped, then :func:`validate_prototypes`), so later names could not
+        change what it keeps."""
+        kept = [n for n in names if n.casefold() not in self._titles]
+        return count_usable(kept, self.max_len) >= self.max_prototypes
 
     def ask(self, request: PrototypeRequest) -> tuple[PrototypeProposal, float]:
         """The backend's answer to ``request`` and the seconds it took. Reads and changes
@@ -266,12 +291,10 @@ class PrototypeManager:
             if proposal.vectors is not None:
                 accepted, vectors = list(proposal.names), proposal.vectors
             else:
-                names = [n for n in proposal.names if n.casefold() not in self._titles]
-                copied = [n for n in proposal.names if n.casefold() in self._titles]
                 try:
-                    accepted = validate_prototypes(names, self.min_prototypes,
-                                                   self.max_prototypes, self.max_len)
+                    accepted = self.accept(proposal.names)
                 except PrototypeValidationError as exc:
+                    copied = [n for n in proposal.names if n.casefold() in self._titles]
                     reason = f"unusable output: {exc}" + (
                         f"; item titles dropped: {copied[:5]}" if copied else "")
         if reason is None:
@@ -332,6 +355,7 @@ class PrototypeManager:
             "prompt": proposal.prompt,
             "response": proposal.response,
             "truncated": proposal.truncated,
+            "stopped_full": proposal.stopped_full,
             "parsed": list(proposal.names),
             "accepted": list(accepted),
             "source": source,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 
@@ -153,14 +153,20 @@ def parse_prototypes(text: str, *, max_words: int = 6) -> list[str]:
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return _parse(text, max_words)[1]
+
+
+def _parse(text: str, max_words: int) -> tuple[str, list[str]]:
+    """:func:`parse_prototypes`, and which reading it used: ``"json"``, ``"marked"`` (list
+    markers present: only marked lines count), ``"unmarked"`` or ``"empty"``."""
     text = _SPECIAL.sub("", _THINK.sub("", text))
     text = _FENCE.sub("\n", text).strip()
     if not text:
-        return []
+        return "empty", []
     json_items = _json_items(text)
     if json_items is not None:
         cleaned = (_clean_item(s, max_words) for s in json_items)
-        return [c for c in cleaned if c]
+        return "json", [c for c in cleaned if c]
     lines: list[str] = []
     for line in text.splitlines():
         lines.extend(part for part in _INLINE_NUMBER.split(line) if part.strip())
@@ -186,7 +192,44 @@ def parse_prototypes(text: str, *, max_words: int = 6) -> list[str]:
                 continue  # a sentence with commas, not a list
             candidates.extend(p for p, c in zip(parts, cleaned) if c)
     cleaned = (_clean_item(c, max_words) for c in candidates)
-    return [c for c in cleaned if c]
+    return ("marked" if marked else "unmarked"), [c for c in cleaned if c]
+
+
+def full_list_prefix(text: str, is_full: Callable[[list[str]], bool], *,
+                     max_words: int = 6) -> str | None:
+    """The part of a partial answer that already holds a full list, or ``None``.
+
+    For stopping generation once the answer is complete: a model asked for "at most N" often
+    goes on past its list (more entries, repeats, chatter) until the length bound, and
+    everything it writes after the list is full is thrown away by validation. ``text`` is cut
+    after its last newline (the unfinished line is not read); the cut text counts only if it
+    is read as a marked list (numbered or bulleted lines, no JSON) and ``is_full`` holds for
+    its names. A marked list read from a prefix is a prefix of the list read from any longer
+    answer, so the names kept from the full answer are the same, unless the model would
+    have gone on to a JSON array (then the longer answer would be read as JSON).
+
+    Parameters
+    ----------
+    text : str
+        The answer so far.
+    is_full : callable
+        ``(list[str]) -> bool``: whether these parsed names (duplicates included, in order)
+        already fill the list, e.g. the validation keeps as many as it would ever keep.
+    max_words : int, default 6
+        As :func:`parse_prototypes`.
+
+    Returns
+    -------
+    str or None
+        ``text`` up to its last newline (trailing whitespace removed) when it holds a full
+        list, else ``None``.
+    """
+    cut = text.rfind("\n")
+    if cut < 0:
+        return None
+    head = text[:cut].rstrip()
+    mode, names = _parse(head, max_words)
+    return head if mode == "marked" and is_full(names) else None
 
 
 def validate_prototypes(names: Sequence[str], min_count: int = 2, max_count: int = 20,
@@ -225,6 +268,18 @@ def validate_prototypes(names: Sequence[str], min_count: int = 2, max_count: int
     if not 1 <= int(min_count) <= int(max_count) or int(max_len) < 1:
         raise ValueError(f"need 1 <= min_count <= max_count and max_len >= 1, got "
                          f"{min_count=} {max_count=} {max_len=}")
+    kept, dropped = _usable(names, int(max_len))
+    kept = kept[:int(max_count)]
+    if len(kept) < int(min_count):
+        raise PrototypeValidationError(
+            f"only {len(kept)} usable prototype(s) {kept} (need at least {min_count}); "
+            f"dropped as empty or longer than {max_len} characters: {dropped[:5]}")
+    return kept
+
+
+def _usable(names: Sequence[str], max_len: int) -> tuple[list[str], list[str]]:
+    """Cleaned, case-insensitively deduplicated names (first spelling kept, uncut) and the
+    names dropped as empty or longer than ``max_len`` (:func:`validate_prototypes`)."""
     kept: list[str] = []
     seen: set[str] = set()
     dropped: list[str] = []
@@ -233,17 +288,18 @@ def validate_prototypes(names: Sequence[str], min_count: int = 2, max_count: int
             raise TypeError(f"prototype names must be str, got {type(name).__name__} ({name!r})")
         clean = " ".join(name.split())
         key = clean.casefold()
-        if not clean or not re.search(r"\w", clean) or len(clean) > int(max_len):
+        if not clean or not re.search(r"\w", clean) or len(clean) > max_len:
             dropped.append(name)
         elif key not in seen:
             seen.add(key)
             kept.append(clean)
-    kept = kept[:int(max_count)]
-    if len(kept) < int(min_count):
-        raise PrototypeValidationError(
-            f"only {len(kept)} usable prototype(s) {kept} (need at least {min_count}); "
-            f"dropped as empty or longer than {max_len} characters: {dropped[:5]}")
-    return kept
+    return kept, dropped
+
+
+def count_usable(names: Sequence[str], max_len: int = 60) -> int:
+    """How many distinct usable names :func:`validate_prototypes` would find in ``names``
+    before cutting to ``max_count``."""
+    return len(_usable(names, int(max_len))[0])
 
 
 def genre_prototypes(items_df: pd.DataFrame, max_count: int) -> list[str]:
