@@ -219,6 +219,12 @@ def _toml_value(v) -> str:
     return json.dumps(str(v))
 
 
+#: Ray ships task arguments up to this size inline instead of through its object store:
+#: model payloads (~0.2-0.5 MB) then skip Ray's object store, which made evaluation about 3x
+#: faster (docs/benchmark.md). ``RAY_max_direct_call_object_size`` in :func:`flwr_env`.
+RAY_INLINE_BYTES = 4 * 1024 * 1024
+
+
 def flwr_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("FLWR_HOME", str(APP_DIR / ".flwr"))
@@ -227,10 +233,8 @@ def flwr_env() -> dict[str, str]:
     env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     env.setdefault("RAY_DEDUP_LOGS", "0")
-    # Ray ships task arguments up to this size inline instead of through its object store:
-    # model payloads (~0.2-0.5 MB) then skip Ray's object store, which made evaluation about
-    # 3x faster (docs/benchmark.md). Read when the local SuperLink starts, so it is set here.
-    env.setdefault("RAY_max_direct_call_object_size", str(4 * 1024 * 1024))
+    # Read when the local SuperLink starts, so it is set here.
+    env.setdefault("RAY_max_direct_call_object_size", str(RAY_INLINE_BYTES))
     env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")

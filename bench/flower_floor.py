@@ -105,9 +105,11 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if a.nodes < 1 or a.rounds < 1 or a.actors < 1 or a.kb < 0 or a.reply_kb < 0:
         p.error("--nodes, --rounds, --actors must be >= 1 and --kb, --reply-kb >= 0")
-    # As run.py sets it for flwr run: messages up to 4 MiB go inline, not through the object store.
-    os.environ.setdefault("RAY_max_direct_call_object_size", str(4 * 1024 * 1024))
     sys.path.insert(0, str(ROOT))
+    from run import RAY_INLINE_BYTES
+
+    # As run.py sets it for flwr run: messages up to 4 MiB go inline, not through the object store.
+    os.environ.setdefault("RAY_max_direct_call_object_size", str(RAY_INLINE_BYTES))
     from flwr.simulation import run_simulation
 
     result: dict = {}

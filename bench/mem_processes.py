@@ -24,9 +24,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-c", "--run-config", default="num-server-rounds=8 eval-every=8 centralised-epochs=0")
     args = p.parse_args(argv)
-    import psutil
-
-    from bench.speed import run_processes
+    from bench.speed import process_memory
 
     peak: tuple[int, dict] = (0, {})
     with tempfile.TemporaryDirectory() as out:
@@ -34,13 +32,7 @@ def main(argv=None) -> int:
                                  f"{args.run_config} run-name='mem'", "--out", out],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while proc.poll() is None:
-            snap = {}
-            for q in run_processes(proc.pid):
-                try:
-                    m, cmd = q.memory_full_info(), " ".join(q.cmdline())
-                except (psutil.Error, OSError):
-                    continue
-                snap[q.pid] = (cmd, m.rss, m.pss)
+            snap = process_memory(proc.pid)
             total = sum(v[1] for v in snap.values())
             if total > peak[0]:
                 peak = (total, snap)

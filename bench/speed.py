@@ -64,20 +64,26 @@ def tree_rss(root: int | None = None) -> int:
     return total
 
 
-def tree_memory(root: int | None = None) -> dict[str, int]:
-    """Bytes over :func:`run_processes`: ``rss`` (sum of RSS), ``pss`` (sum of proportional set
-    sizes: shared pages split among the processes that map them, so the sum is what the run
-    holds), ``largest`` (the largest single process's RSS)."""
-    out = {"rss": 0, "pss": 0, "largest": 0}
+def process_memory(root: int | None = None) -> dict[int, tuple[str, int, int]]:
+    """``pid -> (command line, RSS bytes, PSS bytes)`` of each of :func:`run_processes` that
+    can still be read (PSS: shared pages split among the processes that map them)."""
+    out = {}
     for p in run_processes(root):
         try:
-            m = p.memory_full_info()
+            m, cmd = p.memory_full_info(), " ".join(p.cmdline())
         except (psutil.Error, OSError):
             continue
-        out["rss"] += m.rss
-        out["pss"] += m.pss
-        out["largest"] = max(out["largest"], m.rss)
+        out[p.pid] = (cmd, m.rss, m.pss)
     return out
+
+
+def tree_memory(root: int | None = None) -> dict[str, int]:
+    """Bytes over :func:`process_memory`: ``rss`` (sum of RSS), ``pss`` (sum of proportional
+    set sizes, so the sum is what the run holds), ``largest`` (the largest single process's
+    RSS)."""
+    procs = process_memory(root).values()
+    return {"rss": sum(v[1] for v in procs), "pss": sum(v[2] for v in procs),
+            "largest": max((v[1] for v in procs), default=0)}
 
 
 def inprocess_eval_seconds(backbone: str, device: str) -> float:

@@ -31,3 +31,59 @@ def test_load_prompts_says_what_is_missing(tmp_path):
     _log(tmp_path / "empty", [{"prompt": "p", "response": None}])
     with pytest.raises(SystemExit, match="no logged LLM prompts"):
         llm_backends.load_prompts([tmp_path / "empty"], limit=0)
+
+
+class _Gen:
+    """A backend double: answers every prompt with a fixed numbered list, stopping early at
+    ``is_full`` as a real local backend does (through ChatLLM.answer)."""
+
+    def __init__(self, text):
+        from server_tasks.prototypes.backends import ChatLLM
+
+        class Scripted(ChatLLM):
+            name = "scripted"
+            stops_early = True
+
+            def complete(self, prompt, system=None):
+                return text
+
+            def generate(self, prompt, system=None, done=None):
+                out = ""
+                for line in text.splitlines(keepends=True):
+                    out += line
+                    if done is not None and done(out):
+                        break
+                return out, False
+
+        self.llm = Scripted()
+
+
+def test_replay_compares_answers_and_accepted_names_both_ways():
+    text = "1. Aa bb\n2. Cc dd\n3. Aa bb\n4. Ee ff\n"
+    llm = _Gen(text).llm
+    call = {"prompt": "p", "system": None, "response": text,
+            "parsed": ["Aa bb", "Cc dd", "Aa bb", "Ee ff"], "accepted": ["Aa bb", "Cc dd"]}
+    accept = lambda names: list(dict.fromkeys(names))[:2]     # noqa: E731
+    whole = llm_backends.replay(llm, call, None, accept)
+    assert whole["same_answer"] and whole["same_parsed"] and whole["same_accepted"]
+    assert not whole["stopped"]
+    stopped = llm_backends.replay(llm, call, lambda names: len(set(names)) >= 2, accept)
+    assert stopped["stopped"] and stopped["same_accepted"]
+    assert not stopped["same_answer"] and not stopped["same_parsed"]
+    row = llm_backends.summary("scripted", 1, "stop-full", 0.0, [whole, stopped])
+    assert row["stopped_at_full_list"] == 1 and row["same_accepted_names_as_logged"] == 2
+    assert row["same_answer_as_logged"] == 1 and row["calls"] == 2
+
+
+def test_stop_in_logged_finds_the_first_full_list_in_a_logged_answer():
+    answer = "1. Aa bb\n2. Aa bb\n3. Cc dd\n4. Ee ff\n5. Gg"
+    call = {"response": answer, "truncated": True, "accepted": ["Aa bb", "Cc dd"]}
+    accept = lambda names: list(dict.fromkeys(names))[:2]     # noqa: E731
+    two = lambda names: len(set(names)) >= 2                  # noqa: E731
+    res = llm_backends.stop_in_logged(call, two, accept)
+    assert res["stopped"] and res["same_accepted"]
+    assert res["chars_kept"] == len("1. Aa bb\n2. Aa bb\n3. Cc dd") and res["chars"] == len(answer)
+    never = llm_backends.stop_in_logged(call, lambda names: False, accept)
+    assert not never["stopped"] and never["same_accepted"] and never["chars_kept"] == len(answer)
+    wrong = llm_backends.stop_in_logged({**call, "accepted": ["Aa bb"]}, two, accept)
+    assert not wrong["same_accepted"]
