@@ -52,18 +52,6 @@ def run_processes(root: int | None = None) -> list[psutil.Process]:
     return list(found.values())
 
 
-def tree_rss(root: int | None = None) -> int:
-    """Sum of RSS (bytes) over :func:`run_processes`. Pages shared between processes (torch's
-    libraries in every actor) count once per process: see :func:`tree_memory` for PSS."""
-    total = 0
-    for p in run_processes(root):
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            continue
-    return total
-
-
 def process_memory(root: int | None = None) -> dict[int, tuple[str, int, int]]:
     """``pid -> (command line, RSS bytes, PSS bytes)`` of each of :func:`run_processes` that
     can still be read (PSS: shared pages split among the processes that map them)."""
