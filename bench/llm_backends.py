@@ -69,11 +69,10 @@ def stop_in_logged(call: dict, is_full, accept) -> dict:
     after which it holds a full list), and whether the names kept from the answer up to there
     (``accept``, after parsing as the backend does) equal the logged accepted names."""
     from server_tasks.prototypes.backends import ChatLLM
-    from server_tasks.prototypes.parsing import full_list_prefix
+    from server_tasks.prototypes.parsing import stopped_answer
 
     answer = call["response"]
-    head = next((h for i, ch in enumerate(answer) if ch == "\n"
-                 if (h := full_list_prefix(answer[:i + 1], is_full)) is not None), None)
+    head = stopped_answer(answer, is_full)
     names = (ChatLLM.parse_answer(answer, bool(call.get("truncated"))) if head is None
              else ChatLLM.parse_answer(head, False))
     try:
@@ -144,8 +143,8 @@ def main(argv=None) -> int:
                                                      / max(1, sum(r["chars"] for r in mine)), 3)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-        args.backends = ""
-    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+    backends = [] if args.logged else [b.strip() for b in args.backends.split(",") if b.strip()]
+    for backend in backends:
         for threads in [int(t) for t in args.threads.split(",")]:
             settings = FedSLLMConfig(llm=backend, llm_threads=threads,
                                      llm_max_tokens=args.max_tokens)

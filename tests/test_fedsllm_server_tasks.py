@@ -39,7 +39,7 @@ from server_tasks.autoencoder import (
     init_item_embeddings,
     pretrain_autoencoder,
 )
-from server_tasks.prototypes.parsing import count_usable, full_list_prefix
+from server_tasks.prototypes.parsing import count_usable, full_list_prefix, stopped_answer
 from server_tasks.prototypes import (
     drop_cut_entry,
     ChatLLM,
@@ -343,6 +343,9 @@ def test_full_list_prefix_reads_finished_lines_of_a_marked_list():
     assert full_list_prefix("Aa bb, Cc dd, Ee ff\n", two) is None       # not a marked list
     assert full_list_prefix('["Aa bb",\n"Cc dd"]\n', two) is None      # JSON
     assert count_usable(["Aa", "aa ", "  ", "x" * 61, "Bb"]) == 2
+    # the first newline that completes the list, not the last one
+    assert stopped_answer("1. Aa bb\n2. Cc dd\n3. Ee ff\n", two) == "1. Aa bb\n2. Cc dd"
+    assert stopped_answer("1. Aa bb\n2. Cc dd", two) is None
 
 
 class StreamedLLM(ScriptedLLM):
@@ -469,9 +472,7 @@ def _check_stop_is_a_prefix(llm):
     three = lambda names: len(names) >= 3      # noqa: E731
     whole = llm.answer(prompt)
     stopped = llm.answer(prompt, is_full=three)
-    firsts = [full_list_prefix(whole.response[:i + 1], three)
-              for i, ch in enumerate(whole.response) if ch == "\n"]
-    expected = next((f for f in firsts if f is not None), None)
+    expected = stopped_answer(whole.response, three)
     print(f"{llm.name}: whole {whole.response!r}; stopped {stopped.response!r}")
     assert stopped.stopped_full == (expected is not None)
     assert stopped.response == (whole.response if expected is None else expected)

@@ -249,15 +249,18 @@ class PrototypeManager:
         PrototypeValidationError
             Fewer than ``min_prototypes`` usable names.
         """
-        kept = [n for n in names if n.casefold() not in self._titles]
-        return validate_prototypes(kept, self.min_prototypes, self.max_prototypes, self.max_len)
+        return validate_prototypes(self._not_titles(names), self.min_prototypes,
+                                   self.max_prototypes, self.max_len)
 
     def is_full(self, names: list[str]) -> bool:
         """Whether :meth:`install` would already keep ``max_prototypes`` of these parsed names
         (item titles dropped, then :func:`validate_prototypes`), so later names could not
         change what it keeps."""
-        kept = [n for n in names if n.casefold() not in self._titles]
-        return count_usable(kept, self.max_len) >= self.max_prototypes
+        return count_usable(self._not_titles(names), self.max_len) >= self.max_prototypes
+
+    def _not_titles(self, names: list[str]) -> list[str]:
+        """``names`` without those equal to an item title (see the class)."""
+        return [n for n in names if n.casefold() not in self._titles]
 
     def ask(self, request: PrototypeRequest) -> tuple[PrototypeProposal, float]:
         """The backend's answer to ``request`` and the seconds it took. Reads and changes

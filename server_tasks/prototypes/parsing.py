@@ -232,6 +232,19 @@ def full_list_prefix(text: str, is_full: Callable[[list[str]], bool], *,
     return head if mode == "marked" and is_full(names) else None
 
 
+def stopped_answer(answer: str, is_full: Callable[[list[str]], bool], *,
+                   max_words: int = 6) -> str | None:
+    """Where a generation told to stop at a full list would have stopped in a whole
+    ``answer``: :func:`full_list_prefix` at its first newline that gives one, else ``None``.
+    Greedy decoding makes the same tokens up to the stop, so for a logged whole answer this is
+    the answer the stopped generation returns."""
+    for i, ch in enumerate(answer):
+        if ch == "\n" and (head := full_list_prefix(answer[:i + 1], is_full,
+                                                     max_words=max_words)) is not None:
+            return head
+    return None
+
+
 def validate_prototypes(names: Sequence[str], min_count: int = 2, max_count: int = 20,
                         max_len: int = 60) -> list[str]:
     """Clean, deduplicate and bound a prototype list.
