@@ -8,6 +8,8 @@ fedmm's user query and all-user evaluation do, and times each ``send_and_receive
 
 * one ``query`` round first (cold: it waits for Ray's start and the actors' first load, as
   fedmm's user discovery does) and ``--rounds`` more (warm);
+  ``ray_init_s`` (Ray's own start, ``ray.init`` on the engine's thread) and
+  ``cold_after_ray_init_s`` (from Ray being up to the cold round's last reply) split it;
 * ``--rounds`` ``evaluate`` rounds whose messages carry a float32 array of ``--kb`` KiB (the
   ML-100K item table fedmm sends is 210 KiB) and whose replies carry ``--reply-kb`` KiB.
 
@@ -21,6 +23,7 @@ applied the same way fedmm's ServerApp applies it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -34,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def floor_apps(nodes: int, rounds: int, kb: float, reply_kb: float, indexed: bool,
                result: dict):
     """The (ServerApp, ClientApp) pair; the ServerApp writes its timings into ``result``:
-    ``query_cold_s`` (float), ``query_warm_s`` and ``evaluate_s`` (lists of seconds)."""
+    ``query_cold_s`` (float), ``query_cold_span`` (its ``time.perf_counter()`` start and end),
+    ``query_warm_s`` and ``evaluate_s`` (lists of seconds)."""
     import numpy as np
     from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
@@ -81,13 +85,48 @@ def floor_apps(nodes: int, rounds: int, kb: float, reply_kb: float, indexed: boo
                                    f"{len(errors)} errors")
             return took
 
+        cold_start = time.perf_counter()
         result["query_cold_s"] = one_round("query", RecordDict)
+        result["query_cold_span"] = [cold_start, time.perf_counter()]
         result["query_warm_s"] = [one_round("query", RecordDict) for _ in range(rounds)]
         table = ArrayRecord({"t": Array(down)})
         result["evaluate_s"] = [one_round("evaluate", lambda: RecordDict({"a": table}))
                                 for _ in range(rounds)]
 
     return server, client
+
+
+@contextlib.contextmanager
+def timed(owner, name: str, stamps: dict):
+    """Replace ``owner.name`` (a callable) for the block by one that records the
+    ``time.perf_counter()`` span of its first call in ``stamps[name]`` as ``[start, end]``
+    (also when it raises); the original is put back on exit."""
+    real = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            stamps.setdefault(name, [start, time.perf_counter()])
+
+    setattr(owner, name, wrapper)
+    try:
+        yield stamps
+    finally:
+        setattr(owner, name, real)
+
+
+def cold_breakdown(ray_init: list[float] | None, cold: list[float] | None) -> dict:
+    """Split the cold query round (``cold``: its perf_counter span) at the end of Ray's start
+    (``ray_init``: the span of ``ray.init``, which runs on the engine's thread while the
+    ServerApp waits for its first replies): ``ray_init_s``, the seconds of ``ray.init``;
+    ``cold_after_ray_init_s``, from Ray being up to the round's last reply (the actors'
+    creation and first load, then the round itself). Empty when a span is missing."""
+    if not ray_init or not cold:
+        return {}
+    return {"ray_init_s": ray_init[1] - ray_init[0],
+            "cold_after_ray_init_s": cold[1] - max(ray_init[1], cold[0])}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -110,16 +149,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     # As run.py sets it for flwr run: messages up to 4 MiB go inline, not through the object store.
     os.environ.setdefault("RAY_max_direct_call_object_size", str(RAY_INLINE_BYTES))
+    import ray
     from flwr.simulation import run_simulation
 
     result: dict = {}
+    stamps: dict = {}
     server, client = floor_apps(a.nodes, a.rounds, a.kb, a.reply_kb, a.indexed, result)
     t = time.perf_counter()
-    run_simulation(server_app=server, client_app=client, num_supernodes=a.nodes,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": a.actors}})
+    with timed(ray, "init", stamps):   # Flower's Ray backend calls ray.init(...) by attribute
+        run_simulation(server_app=server, client_app=client, num_supernodes=a.nodes,
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": a.actors}})
     if "evaluate_s" not in result:
         raise SystemExit("flower_floor: the ServerApp did not finish (see Flower's log above)")
+    result.update(cold_breakdown(stamps.get("init"), result.pop("query_cold_span", None)))
     result.update({"nodes": a.nodes, "kb": a.kb, "reply_kb": a.reply_kb, "actors": a.actors,
                    "wall_s": time.perf_counter() - t,
                    "query_warm_median_s": statistics.median(result["query_warm_s"]),

@@ -52,3 +52,38 @@ def test_floor_apps_send_one_message_per_node_and_time_each_round(reply_kb):
 def test_floor_refuses_bad_arguments():
     with pytest.raises(SystemExit):
         floor.main(["--nodes", "0"])
+
+
+def test_timed_records_the_first_call_and_restores_the_callable():
+    class Owner:
+        calls = 0
+
+        @staticmethod
+        def init(x):
+            Owner.calls += 1
+            if x < 0:
+                raise ValueError(x)
+            return x * 2
+
+    real = Owner.init
+    stamps: dict = {}
+    with floor.timed(Owner, "init", stamps):
+        assert Owner.init(3) == 6            # still does its work
+        first = list(stamps["init"])
+        Owner.init(4)                        # later calls do not move the span
+    assert Owner.init is real and Owner.calls == 2
+    assert stamps["init"] == first and first[0] <= first[1]
+    failed: dict = {}
+    with floor.timed(Owner, "init", failed), pytest.raises(ValueError):
+        Owner.init(-1)
+    assert len(failed["init"]) == 2 and Owner.init is real
+
+
+def test_cold_breakdown_splits_the_cold_round_at_the_end_of_ray_init():
+    # Ray's start ended 2.5 s into a 5 s cold round: 2.5 s of the round came after it.
+    out = floor.cold_breakdown([10.0, 13.0], [10.5, 15.5])
+    assert out == pytest.approx({"ray_init_s": 3.0, "cold_after_ray_init_s": 2.5})
+    # Ray already up when the round began: the whole round is after it.
+    assert floor.cold_breakdown([1.0, 2.0], [3.0, 4.5])["cold_after_ray_init_s"] == 1.5
+    assert floor.cold_breakdown(None, [3.0, 4.5]) == {}
+    assert floor.cold_breakdown([1.0, 2.0], None) == {}
