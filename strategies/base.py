@@ -23,8 +23,8 @@ Checkpoints (``checkpoint_every`` rounds, :mod:`fedmm.checkpoint`): at the end o
 history, best round, process RNG states, and the method's state through the subclasses'
 ``state_dict`` / ``load_state_dict``) are saved under ``checkpoint_dir``. A resumed run
 calls :meth:`restore` and then ``start(..., first_round=k + 1)``, which runs rounds
-``k + 1 .. num_rounds`` in the same loop as Flower's ``Strategy.start`` (the messages are the
-same; only the first round differs).
+``k + 1 .. num_rounds`` in the same loop as a fresh run (:meth:`FedRecStrategy._rounds`, Flower's
+``Strategy.start`` loop, which lets each round's replies go once aggregated).
 
 The message contract (records, keys, shapes) is documented once, in :mod:`fedmm.protocol`;
 replies are parsed there into :class:`~fedmm.protocol.TrainReply` once per round and handed
@@ -32,6 +32,7 @@ to :meth:`server_update`.
 """
 from __future__ import annotations
 
+import io
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +45,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
+from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 
 from fedmm import checkpoint as ckpt
 from fedmm.secagg import SecAggParams, SecAggPlusRound
@@ -349,62 +351,87 @@ class FedRecStrategy(FedAvg):
               timeout: float = 3600, train_config: ConfigRecord | None = None,
               evaluate_config: ConfigRecord | None = None, evaluate_fn=None,
               first_round: int = 1):
-        """:meth:`discover_users`, then Flower's round loop (``Strategy.start``) for
-        ``num_rounds`` rounds (also the last round, which is always evaluated).
+        """:meth:`discover_users`, then the round loop (:meth:`_rounds`, Flower's
+        ``Strategy.start`` loop) for ``num_rounds`` rounds (also the last round, which is
+        always evaluated).
 
         ``first_round > 1`` (a run resumed with :meth:`restore`): rounds ``first_round ..
         num_rounds`` only, ``initial_arrays`` being the global arrays after round
-        ``first_round - 1`` (:meth:`_resume_rounds`, the same loop)."""
+        ``first_round - 1`` (the same loop)."""
         self.num_rounds = int(num_rounds)
         self._timeout = timeout
         self.user_of = self.discover_users(grid, timeout)
         self._started = True
-        if first_round > 1:
-            return self._resume_rounds(grid, initial_arrays, int(first_round), timeout,
-                                       train_config, evaluate_config, evaluate_fn)
-        return super().start(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds,
-                             timeout=timeout, train_config=train_config,
-                             evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)
+        return self._rounds(grid, initial_arrays, max(1, int(first_round)), timeout,
+                            train_config, evaluate_config, evaluate_fn)
 
-    def _resume_rounds(self, grid: Grid, arrays: ArrayRecord, first_round: int, timeout: float,
-                       train_config: ConfigRecord | None, evaluate_config: ConfigRecord | None,
-                       evaluate_fn) -> Result:
-        """Rounds ``first_round .. num_rounds``: the body of Flower's ``Strategy.start`` loop
+    def _rounds(self, grid: Grid, arrays: ArrayRecord, first_round: int, timeout: float,
+                train_config: ConfigRecord | None, evaluate_config: ConfigRecord | None,
+                evaluate_fn) -> Result:
+        """Rounds ``first_round .. num_rounds``: Flower's ``Strategy.start``
         (flwr/serverapp/strategy/strategy.py, flwr 1.42) with the same hooks in the same order
         (``configure_train``, ``send_and_receive``, ``aggregate_train``, ``configure_evaluate``,
-        ``send_and_receive``, ``aggregate_evaluate``, ``evaluate_fn``)."""
-        log(INFO, "Resuming %s strategy at round %d of %d", self.__class__.__name__,
-            first_round, self.num_rounds)
+        ``send_and_receive``, ``aggregate_evaluate``, ``evaluate_fn``) and the same log.
+
+        Two differences. A resumed run (``first_round > 1``) starts from the restored state and
+        has no initial (round 0) evaluation. And each round's replies are let go as soon as
+        they are aggregated: Flower's loop keeps the previous round's train replies until the
+        next round's have arrived, so two rounds of uploads (each reply a copy of the shared
+        arrays: 604 x 463 KiB at ML-1M) were held at once (docs/benchmark.md, "Memory:
+        the round's replies")."""
+        if first_round > 1:
+            log(INFO, "Resuming %s strategy at round %d of %d", self.__class__.__name__,
+                first_round, self.num_rounds)
+        else:
+            log(INFO, "Starting %s strategy:", self.__class__.__name__)
+            log_strategy_start_info(self.num_rounds, arrays, train_config, evaluate_config)
         self.summary()
+        log(INFO, "")
         train_config = ConfigRecord() if train_config is None else train_config
         evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
         result = Result()
         t_start = time.time()
+        if evaluate_fn and first_round == 1:
+            res = evaluate_fn(0, arrays)
+            log(INFO, "Initial global evaluation results: %s", res)
+            if res is not None:
+                result.evaluate_metrics_serverapp[0] = res
         for current_round in range(first_round, self.num_rounds + 1):
             log(INFO, "")
             log(INFO, "[ROUND %s/%s]", current_round, self.num_rounds)
-            train_replies = grid.send_and_receive(
+            replies = grid.send_and_receive(
                 messages=self.configure_train(current_round, arrays, train_config, grid),
                 timeout=timeout)
-            agg_arrays, agg_train_metrics = self.aggregate_train(current_round, train_replies)
+            agg_arrays, agg_train_metrics = self.aggregate_train(current_round, replies)
+            del replies   # the uploads, no longer needed (see the docstring)
             if agg_arrays is not None:
                 result.arrays = agg_arrays
                 arrays = agg_arrays
             if agg_train_metrics is not None:
                 log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_train_metrics)
                 result.train_metrics_clientapp[current_round] = agg_train_metrics
-            evaluate_replies = grid.send_and_receive(
+            replies = grid.send_and_receive(
                 messages=self.configure_evaluate(current_round, arrays, evaluate_config, grid),
                 timeout=timeout)
-            agg_evaluate_metrics = self.aggregate_evaluate(current_round, evaluate_replies)
+            agg_evaluate_metrics = self.aggregate_evaluate(current_round, replies)
+            del replies
             if agg_evaluate_metrics is not None:
                 log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_evaluate_metrics)
                 result.evaluate_metrics_clientapp[current_round] = agg_evaluate_metrics
             if evaluate_fn:
+                log(INFO, "Global evaluation")
                 res = evaluate_fn(current_round, arrays)
+                log(INFO, "\t└──> MetricRecord: %s", res)
                 if res is not None:
                     result.evaluate_metrics_serverapp[current_round] = res
+        log(INFO, "")
         log(INFO, "Strategy execution finished in %.2fs", time.time() - t_start)
+        log(INFO, "")
+        log(INFO, "Final results:")
+        log(INFO, "")
+        for line in io.StringIO(str(result)):
+            log(INFO, "\t%s", line.strip("\n"))
+        log(INFO, "")
         return result
 
     def summary(self) -> None:

@@ -466,7 +466,8 @@ class GFMFR(FedRecStrategy):
                 vec = (np.asarray(r.arrays[key], np.float64)
                        - np.asarray(self._sent_items, np.float64)).ravel()
             vectors.append(vec)
-            scorers.append({k: torch.as_tensor(v) for k, v in scorer.items()})
+            # Copies: the reply's arrays are read-only views (TrainReply), torch wants to own.
+            scorers.append({k: torch.from_numpy(np.array(v)) for k, v in scorer.items()})
             rec_all.append(r.scalar(REC_LOSS, "GFMFR's lambda schedule (mean batch BCE)"))
             if DIS_LOSS in r.metrics:
                 dis.append(r.metrics[DIS_LOSS])
