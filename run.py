@@ -221,8 +221,16 @@ def _toml_value(v) -> str:
 
 #: Ray ships task arguments up to this size inline instead of through its object store:
 #: model payloads (~0.2-0.5 MB) then skip Ray's object store, which made evaluation about 3x
-#: faster (docs/benchmark.md). ``RAY_max_direct_call_object_size`` in :func:`flwr_env`.
+#: faster (docs/benchmark.md). ``RAY_max_direct_call_object_size`` in :data:`RAY_ENV`.
 RAY_INLINE_BYTES = 4 * 1024 * 1024
+
+#: Ray settings a run's Ray instance starts with (environment, read when Ray starts; a value
+#: already in the environment wins). Inline task arguments (above); and no task events: Ray
+#: otherwise records every actor call (one per message) for its dashboard's task list in the
+#: GCS server, which grew to ~400 MiB over a 200-round ML-1M run (docs/benchmark.md, "Ray's
+#: task events"); fedmm starts Ray without the dashboard, so nothing reads them.
+RAY_ENV = {"RAY_max_direct_call_object_size": str(RAY_INLINE_BYTES),
+           "RAY_task_events_report_interval_ms": "0"}
 
 
 def flwr_env() -> dict[str, str]:
@@ -234,7 +242,8 @@ def flwr_env() -> dict[str, str]:
     env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     env.setdefault("RAY_DEDUP_LOGS", "0")
     # Read when the local SuperLink starts, so it is set here.
-    env.setdefault("RAY_max_direct_call_object_size", str(RAY_INLINE_BYTES))
+    for key, value in RAY_ENV.items():
+        env.setdefault(key, value)
     env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")

@@ -145,10 +145,12 @@ def main(argv: list[str] | None = None) -> dict:
     if a.nodes < 1 or a.rounds < 1 or a.actors < 1 or a.kb < 0 or a.reply_kb < 0:
         p.error("--nodes, --rounds, --actors must be >= 1 and --kb, --reply-kb >= 0")
     sys.path.insert(0, str(ROOT))
-    from run import RAY_INLINE_BYTES
+    from run import RAY_ENV
 
-    # As run.py sets it for flwr run: messages up to 4 MiB go inline, not through the object store.
-    os.environ.setdefault("RAY_max_direct_call_object_size", str(RAY_INLINE_BYTES))
+    # As run.py sets them for flwr run: messages up to 4 MiB go inline, not through the object
+    # store; no task events.
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
     import ray
     from flwr.simulation import run_simulation
 

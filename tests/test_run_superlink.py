@@ -58,3 +58,13 @@ def test_a_bad_method_section_fails_before_anything_starts(capsys):
     # a method's section is only checked when that method runs
     ns = run_py.parse_args(["--run-config", "method='base' gfmfr-groups=0"])
     assert run_py.resolve_config(ns)[1].method == "base"
+
+
+def test_flwr_env_starts_ray_without_task_events_unless_told_otherwise(monkeypatch):
+    monkeypatch.delenv("RAY_task_events_report_interval_ms", raising=False)
+    monkeypatch.delenv("RAY_max_direct_call_object_size", raising=False)
+    env = run_py.flwr_env()
+    assert env["RAY_task_events_report_interval_ms"] == "0"
+    assert env["RAY_max_direct_call_object_size"] == str(4 * 1024 * 1024)
+    monkeypatch.setenv("RAY_task_events_report_interval_ms", "1000")   # the user's own wins
+    assert run_py.flwr_env()["RAY_task_events_report_interval_ms"] == "1000"
